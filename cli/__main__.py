@@ -1,0 +1,3 @@
+from tiertop.main import main
+
+raise SystemExit(main())

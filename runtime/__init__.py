@@ -1,0 +1,1 @@
+"""See DESIGN.md: runtime part of tiertop."""

@@ -1,0 +1,1 @@
+"""See DESIGN.md: scenarios part of tiertop."""

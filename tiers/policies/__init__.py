@@ -1,0 +1,1 @@
+"""Eviction, placement and promotion policies; new ones plug in through ``register``."""

@@ -1,0 +1,1 @@
+"""See DESIGN.md: tui part of tiertop."""
