@@ -37,9 +37,17 @@ def prefix_hashes(token_ids: Sequence[int] | np.ndarray, block_size: int) -> lis
     return hashes
 
 
-def checksum(payload: bytes | bytearray | memoryview | np.ndarray) -> int:
+Payload = bytes | bytearray | memoryview | np.ndarray
+
+
+def byte_view(payload: Payload) -> memoryview:
+    """Any C-contiguous payload as a flat byte view (no copy)."""
+    return memoryview(payload).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
+
+
+def checksum(payload: Payload) -> int:
     """Integrity checksum of a payload (xxh3-64: several GB/s, cheaper than the copy it guards)."""
-    return xxhash.xxh3_64_intdigest(memoryview(payload).cast("B"))
+    return xxhash.xxh3_64_intdigest(byte_view(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +71,7 @@ class Block:
 
     key: BlockHash
     header: BlockHeader
-    payload: bytes | bytearray | memoryview | np.ndarray
+    payload: Payload
 
     @classmethod
     def from_array(cls, key: BlockHash, array: np.ndarray) -> Block:
@@ -79,7 +87,7 @@ class Block:
 
     def view(self) -> memoryview:
         """The payload as a flat byte view (no copy)."""
-        return memoryview(self.payload).cast("B")
+        return byte_view(self.payload)
 
     def to_array(self) -> np.ndarray:
         """The payload as an array of the header's shape and dtype (no copy where possible)."""

@@ -17,12 +17,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from .block import Block, BlockHash
+from .block import Block, BlockHash, Payload, byte_view
 from .errors import BlockCorrupt, StoreFull, StoreUnavailable
 from .health import Health
 from .stats import StoreStats
 
-Buffer = bytes | bytearray | memoryview | np.ndarray
+Buffer = Payload
 HealthListener = Callable[["TierStore", Health, Health, str], None]
 
 
@@ -307,10 +307,10 @@ def _corrupted_copy(block: Block) -> Block:
 
 def copy_into(out: Buffer | None, source: Buffer) -> Buffer:
     """Copy ``source`` bytes into ``out`` (or a new array) and return the destination."""
-    src = np.frombuffer(memoryview(source).cast("B"), dtype=np.uint8)
+    src = np.frombuffer(byte_view(source), dtype=np.uint8)
     if out is None:
         return src.copy()
-    dst = np.frombuffer(memoryview(out).cast("B"), dtype=np.uint8)
+    dst = np.frombuffer(byte_view(out), dtype=np.uint8)
     if dst.nbytes != src.nbytes:
         raise ValueError(f"output buffer holds {dst.nbytes} B, block has {src.nbytes} B")
     np.copyto(dst, src)

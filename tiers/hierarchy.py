@@ -1,0 +1,660 @@
+"""The tier hierarchy: an ordered list of tiers with watermarks, moving real blocks between them.
+
+Each block lives in exactly one tier (an exclusive hierarchy). A put lands where the placement
+policy says. When a tier passes its high watermark, victims chosen by that tier's eviction policy
+move to the next tier (or are dropped from the last) until it is at or under its low watermark;
+before any insert, victims are moved until the new block fits. A hit may promote the block.
+
+With ``store=None`` a tier is accounting-only: the hierarchy tracks identities and sizes and runs
+exactly the same policy code, which is what the cluster simulator and trace replay use.
+
+Not thread-safe: the runtime applies every operation and every live change on one thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .block import Block, BlockHash
+from .errors import BlockCorrupt, StoreFull, StoreUnavailable, TierError
+from .events import EventKind, EventSink, TierEvent
+from .health import Health
+from .policies.base import EvictionPolicy, eviction_policy
+from .policies.oracle import FutureOracle
+from .policies.placement import (
+    PlacementPolicy,
+    PromotionPolicy,
+    placement_policy,
+    promotion_policy,
+    strategy,
+)
+from .store import TierStore
+
+DEFAULT_HIGH = 0.9
+DEFAULT_LOW = 0.8
+
+
+@dataclass
+class TierConfig:
+    """How to build one tier. ``store=None`` makes it accounting-only."""
+
+    name: str
+    capacity_bytes: int
+    high: float = DEFAULT_HIGH
+    low: float = DEFAULT_LOW
+    eviction: str = "lru"
+    eviction_options: dict[str, Any] = field(default_factory=dict)
+    store: TierStore | None = None
+    kind: str | None = None  # defaults to the store's kind, or "accounting"
+
+
+@dataclass(slots=True)
+class TierCounters:
+    """Cumulative per-tier counters (never reset; readers take differences)."""
+
+    hits: int = 0
+    placed: int = 0  # new blocks that entered here
+    promotions_in: int = 0
+    promotions_out: int = 0
+    demotions_in: int = 0
+    demotions_out: int = 0
+    evictions: int = 0  # victims chosen here (each then demoted or dropped)
+    drops: int = 0  # blocks that left the hierarchy from here
+    deletes: int = 0
+    errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def validate_watermarks(name: str, high: float, low: float) -> None:
+    if not 0.0 <= high <= 1.0:
+        raise ValueError(f"high watermark {high} for tier {name} is outside 0..1")
+    if not 0.0 <= low <= 1.0:
+        raise ValueError(f"low watermark {low} for tier {name} is outside 0..1")
+    if low > high:
+        raise ValueError(f"low watermark {low} for tier {name} is above its high watermark {high}")
+
+
+class Tier:
+    """One level of the hierarchy: a store (or none), its policy, capacity and watermarks."""
+
+    def __init__(self, index: int, config: TierConfig, policy: EvictionPolicy) -> None:
+        validate_watermarks(config.name, config.high, config.low)
+        self.index = index
+        self.name = config.name
+        self.store = config.store
+        self.kind = config.kind or (config.store.kind if config.store is not None else "accounting")
+        self.policy = policy
+        self.eviction_options = dict(config.eviction_options)
+        self.capacity = int(config.capacity_bytes)
+        self.high = config.high
+        self.low = config.low
+        self.used = 0
+        self.blocks = 0
+        self.counters = TierCounters()
+        self.pending_deletes: set[BlockHash] = set()  # store deletes that failed (tier down)
+
+    def has_room_for(self, nbytes: int) -> bool:
+        return self.used + nbytes <= self.high * self.capacity
+
+    def is_usable(self) -> bool:
+        return self.store is None or self.store.health is not Health.DOWN
+
+    @property
+    def health(self) -> Health:
+        return Health.OK if self.store is None else self.store.health
+
+    def describe(self) -> str:
+        if self.store is None:
+            return f"{self.name}: accounting only (sizes and identities, no bytes)"
+        return self.store.describe()
+
+    def __repr__(self) -> str:
+        return f"Tier({self.name!r}, {self.used}/{self.capacity} B, {self.policy.name})"
+
+
+class Hierarchy:
+    """Ordered tiers (fastest first) with live-tunable watermarks, capacities and policies."""
+
+    def __init__(
+        self,
+        tiers: Sequence[TierConfig],
+        *,
+        block_bytes: int | None = None,
+        placement: str = "top",
+        promotion: str = "on-hit",
+        strategy_name: str | None = None,
+        sink: EventSink | None = None,
+        oracle: FutureOracle | None = None,
+    ) -> None:
+        if not tiers:
+            raise ValueError("a hierarchy needs at least one tier")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        self.block_bytes = block_bytes
+        self.oracle = oracle
+        self.sink = sink
+        self.tiers: list[Tier] = []
+        for index, config in enumerate(tiers):
+            options = dict(config.eviction_options)
+            if oracle is not None and config.eviction == "belady":
+                options.setdefault("oracle", oracle)
+            config = TierConfig(**{**config.__dict__, "eviction_options": options})
+            policy = eviction_policy(config.eviction, self._blocks_of(config.capacity_bytes),
+                                     **options)
+            tier = Tier(index, config, policy)
+            if tier.store is not None:
+                if tier.store.num_blocks:
+                    raise ValueError(
+                        f"tier {tier.name!r}: its store already holds {tier.store.num_blocks} "
+                        "blocks; adopt them with Hierarchy.adopt_resident() after construction"
+                    )
+                if tier.store.capacity_bytes != tier.capacity:
+                    tier.store.set_capacity(tier.capacity)
+                tier.store.health_listener = self._on_store_health
+            self.tiers.append(tier)
+        self._by_name = {t.name: t for t in self.tiers}
+        self._loc: dict[BlockHash, Tier] = {}
+        self._odd_size: dict[BlockHash, int] = {}  # sizes that differ from block_bytes
+        self._successor: dict[BlockHash, BlockHash] = {}  # parent -> child, for prefetch
+        self.lookups = 0
+        self.hits = 0
+        self.misses = 0
+        self.puts = 0  # new blocks accepted
+        self.rejected = 0  # new blocks no tier could take
+        self.drops = 0  # blocks that left the hierarchy (victims of the last tier, lost, corrupt)
+        self.deletes = 0  # blocks removed on request (delete, clear)
+        if strategy_name is not None:
+            self.placement, self.promotion = strategy(strategy_name, self.tiers)
+        else:
+            self.placement = placement_policy(placement, self.tiers)
+            self.promotion = promotion_policy(promotion)
+        self.strategy_name = strategy_name
+
+    # ------------------------------------------------------------------ lookups and access
+
+    def locate(self, key: BlockHash) -> int | None:
+        """Index of the tier holding ``key`` (no side effects), or None."""
+        tier = self._loc.get(key)
+        return None if tier is None else tier.index
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._loc
+
+    def __len__(self) -> int:
+        return len(self._loc)
+
+    def size_of(self, key: BlockHash) -> int:
+        return self._odd_size.get(key, self.block_bytes or 0)
+
+    def access(
+        self,
+        key: BlockHash,
+        nbytes: int | None = None,
+        position: int = 0,
+        parent: BlockHash | None = None,
+    ) -> int:
+        """Accounting-only access: a hit returns the serving tier's index (promoting as the
+        policy says); a miss returns -1 after placing the block as a new put."""
+        if self.oracle is not None:
+            self.oracle.advance(key)
+        self.lookups += 1
+        tier = self._loc.get(key)
+        if tier is not None:
+            self.hits += 1
+            tier.counters.hits += 1
+            if self.sink is not None:
+                self._emit(EventKind.HIT, key, tier, nbytes=self.size_of(key))
+            index = tier.index
+            if index and self.promotion.on_hit:
+                self._promote(tier, key, None)
+            else:
+                tier.policy.touch(key)
+            if self.promotion.prefetch_depth:
+                self._prefetch(key)
+            return index
+        self.misses += 1
+        if self.sink is not None:
+            self._emit(EventKind.MISS, key, None)
+        if nbytes is None:
+            if self.block_bytes is None:
+                raise ValueError("access() needs nbytes when the hierarchy has no block_bytes")
+            nbytes = self.block_bytes
+        self._put_new(key, nbytes, position, parent, None)
+        return -1
+
+    def run_trace(self, keys: Iterable[BlockHash], nbytes: int | None = None) -> int:
+        """Access every key in order (accounting-only); returns the number of hits."""
+        before = self.hits
+        access = self.access
+        for key in keys:
+            access(key, nbytes)
+        return self.hits - before
+
+    def get(self, key: BlockHash, out: Any = None) -> tuple[Block, int] | None:
+        """The block's exact bytes and the index of the tier that served it, or None (a miss).
+
+        A corrupt block, a block the medium lost, or a tier that is down all end as a miss:
+        the caller recomputes; wrong bytes are never returned."""
+        self.lookups += 1
+        tier = self._loc.get(key)
+        if tier is None:
+            self._miss(key)
+            return None
+        store = tier.store
+        if store is None:
+            raise TypeError(f"tier {tier.name!r} is accounting-only: use access(), not get()")
+        started = time.perf_counter()
+        try:
+            block = store.get(key, out)
+        except BlockCorrupt as exc:
+            self._lose(tier, key, f"corrupt: {exc.reason}")
+            self._miss(key)
+            return None
+        except StoreUnavailable as exc:
+            tier.counters.errors += 1
+            self._emit_error(tier, key, f"get failed: {exc}")
+            self._miss(key)
+            return None
+        if block is None:
+            self._lose(tier, key, "lost by its medium")
+            self._miss(key)
+            return None
+        self.hits += 1
+        counters = tier.counters
+        counters.hits += 1
+        counters.bytes_out += block.header.nbytes
+        if self.sink is not None:
+            self._emit(EventKind.HIT, key, tier, nbytes=block.header.nbytes,
+                       latency_s=time.perf_counter() - started)
+        index = tier.index
+        if index and self.promotion.on_hit:
+            self._promote(tier, key, block)
+        else:
+            tier.policy.touch(key)
+        if self.promotion.prefetch_depth:
+            self._prefetch(key)
+        return block, index
+
+    def put(self, block: Block, position: int = 0, parent: BlockHash | None = None) -> int | None:
+        """Store a new block; returns the index of the tier it landed in, or None when no tier
+        could take it. A block already resident and reachable is left where it is."""
+        key = block.key
+        tier = self._loc.get(key)
+        if tier is not None:
+            if tier.is_usable():
+                return tier.index
+            self._lose(tier, key, "unreachable (tier down); replaced by a fresh copy")
+        return self._put_new(key, block.header.nbytes, position, parent, block)
+
+    # ------------------------------------------------------------------ removal
+
+    def delete(self, key: BlockHash) -> bool:
+        tier = self._loc.get(key)
+        if tier is None:
+            return False
+        self._remove(tier, key)
+        tier.counters.deletes += 1
+        self.deletes += 1
+        self._emit(EventKind.DELETE, key, tier)
+        return True
+
+    def clear(self, tier_name: str | None = None) -> int:
+        """Remove every block (of one tier, or all); returns how many were removed."""
+        targets = self.tiers if tier_name is None else [self.tier(tier_name)]
+        removed = 0
+        for tier in targets:
+            keys = list(tier.policy)
+            for key in keys:
+                del self._loc[key]
+                self._odd_size.pop(key, None)
+            removed += len(keys)
+            tier.policy = tier.policy.from_resident(
+                [], self._blocks_of(tier.capacity), **tier.eviction_options
+            )
+            tier.counters.deletes += len(keys)
+            tier.used = 0
+            tier.blocks = 0
+            if tier.store is not None:
+                try:
+                    tier.store.clear()
+                    tier.pending_deletes.clear()
+                except TierError as exc:
+                    tier.pending_deletes.update(keys)
+                    self._emit_error(tier, None, f"clear failed on the medium: {exc}")
+            self._emit(EventKind.CLEAR, None, tier, detail=f"{len(keys)} blocks")
+        self.deletes += removed
+        if tier_name is None:
+            self._successor.clear()
+        return removed
+
+    # ------------------------------------------------------------------ live changes
+
+    def tier(self, name: str) -> Tier:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(self._by_name)
+            raise ValueError(f"unknown tier {name!r}; known: {known}") from None
+
+    def set_watermarks(self, name: str, high: float, low: float) -> tuple[float, float]:
+        """Change a tier's watermarks; takes effect at once. Returns the old (high, low)."""
+        tier = self.tier(name)
+        validate_watermarks(name, high, low)
+        old = (tier.high, tier.low)
+        tier.high, tier.low = high, low
+        self._emit(EventKind.CONFIG, None, tier, detail=f"watermarks {old} -> {(high, low)}")
+        self._enforce_high(tier)
+        return old
+
+    def set_capacity(self, name: str, capacity_bytes: int) -> int:
+        """Change a tier's capacity; shrinking evicts down to fit first. Returns the old one."""
+        tier = self.tier(name)
+        if capacity_bytes < 0:
+            raise ValueError(f"capacity {capacity_bytes} for tier {name} must be >= 0")
+        store = tier.store
+        if store is not None:
+            if not tier.is_usable():
+                raise ValueError(f"tier {name} is down; its capacity can change once it is back")
+            if tier.pending_deletes:
+                self._retry_deletes(tier)
+            limit = store.max_capacity()
+            if limit is not None and capacity_bytes > limit:
+                raise ValueError(
+                    f"capacity {capacity_bytes} B for tier {name} exceeds its medium ({limit} B)"
+                )
+        old = tier.capacity
+        tier.capacity = int(capacity_bytes)
+        while tier.used > tier.capacity:
+            self._evict_one(tier, None)
+        if store is not None:
+            try:
+                store.set_capacity(tier.capacity)
+            except ValueError as exc:  # deletes failed on the way: the medium keeps more
+                self._emit_error(tier, None, f"medium kept its capacity: {exc}")
+        tier.policy.resize(self._blocks_of(tier.capacity))
+        self._emit(EventKind.CONFIG, None, tier, detail=f"capacity {old} -> {capacity_bytes}")
+        self._enforce_high(tier)
+        return old
+
+    def set_eviction_policy(self, name: str, policy: str, **options: Any) -> str:
+        """Switch a tier's eviction policy; the new one starts from the blocks resident now."""
+        tier = self.tier(name)
+        if policy == "belady" and self.oracle is not None:
+            options.setdefault("oracle", self.oracle)
+        fresh = eviction_policy(policy, self._blocks_of(tier.capacity), **options)
+        for key in tier.policy:
+            fresh.insert(key)
+        old = tier.policy.name
+        tier.policy = fresh
+        tier.eviction_options = options
+        self._emit(EventKind.CONFIG, None, tier, detail=f"eviction {old} -> {policy}")
+        return old
+
+    def set_placement(self, name: str) -> str:
+        old = self.placement.describe()
+        self.placement = placement_policy(name, self.tiers)
+        self.strategy_name = None
+        self._emit(EventKind.CONFIG, None, None, detail=f"placement {old} -> {name}")
+        return old
+
+    def set_promotion(self, name: str) -> str:
+        old = self.promotion.name
+        self.promotion = promotion_policy(name)
+        self.strategy_name = None
+        self._emit(EventKind.CONFIG, None, None, detail=f"promotion {old} -> {name}")
+        return old
+
+    def set_strategy(self, name: str) -> str | None:
+        old = self.strategy_name
+        self.placement, self.promotion = strategy(name, self.tiers)
+        self.strategy_name = name
+        self._emit(EventKind.CONFIG, None, None, detail=f"strategy {old} -> {name}")
+        return old
+
+    def adopt_resident(self, name: str) -> int:
+        """Take the blocks a tier's store already holds (a reopened disk directory) into the
+        hierarchy's bookkeeping; returns how many were adopted."""
+        tier = self.tier(name)
+        if tier.store is None:
+            return 0
+        adopted = 0
+        for key in tier.store.keys():
+            if key in self._loc:
+                continue
+            nbytes = tier.store.size_of(key)
+            self._attach(tier, key, nbytes)
+            adopted += 1
+        self._enforce_high(tier)
+        return adopted
+
+    # ------------------------------------------------------------------ internals
+
+    def _blocks_of(self, capacity_bytes: int) -> int:
+        return capacity_bytes // self.block_bytes if self.block_bytes else 0
+
+    def _miss(self, key: BlockHash) -> None:
+        self.misses += 1
+        if self.sink is not None:
+            self._emit(EventKind.MISS, key, None)
+
+    def _put_new(
+        self,
+        key: BlockHash,
+        nbytes: int,
+        position: int,
+        parent: BlockHash | None,
+        block: Block | None,
+    ) -> int | None:
+        if self.block_bytes is None:
+            self.block_bytes = nbytes
+            for tier in self.tiers:
+                tier.policy.resize(self._blocks_of(tier.capacity))
+        if parent is not None and self.promotion.prefetch_depth:
+            self._successor[parent] = key
+        index = self.placement.target(self.tiers, position, nbytes)
+        landed = self._insert(index, key, nbytes, block, EventKind.PUT)
+        if landed is None:
+            self.rejected += 1
+            return None
+        self.puts += 1
+        where = self._loc.get(key)
+        return None if where is None else where.index
+
+    def _insert(
+        self, index: int | None, key: BlockHash, nbytes: int, block: Block | None,
+        why: EventKind, source: Tier | None = None,
+    ) -> Tier | None:
+        """Put ``key`` into tier ``index``, falling down the hierarchy when a tier cannot take
+        it. Returns the tier it entered, or None when none could (the block is then gone)."""
+        tiers = self.tiers
+        while index is not None:
+            tier = tiers[index]
+            if (
+                nbytes > tier.capacity
+                or not tier.is_usable()
+                or not self._make_room(tier, nbytes, key)
+            ):
+                index = self.placement.demote_to(tiers, index)
+                continue
+            store = tier.store
+            started = time.perf_counter() if store is not None else 0.0
+            if store is not None:
+                if block is None:
+                    raise TypeError(
+                        f"tier {tier.name!r} stores bytes: put() a Block, not a bare key"
+                    )
+                try:
+                    store.put(block)
+                except (StoreFull, StoreUnavailable) as exc:
+                    tier.counters.errors += 1
+                    self._emit_error(tier, key, f"put failed: {exc}")
+                    index = self.placement.demote_to(tiers, index)
+                    continue
+            self._attach(tier, key, nbytes)
+            tier.policy.insert(key)
+            counters = tier.counters
+            counters.bytes_in += nbytes
+            if why is EventKind.PUT:
+                counters.placed += 1
+            elif why is EventKind.DEMOTE:
+                counters.demotions_in += 1
+            else:
+                counters.promotions_in += 1
+            if self.sink is not None:
+                latency = time.perf_counter() - started if store is not None else 0.0
+                if source is None:
+                    self._emit(why, key, tier, nbytes=nbytes, latency_s=latency)
+                else:
+                    self._emit(why, key, source, to=tier, nbytes=nbytes, latency_s=latency)
+            if tier.used > tier.high * tier.capacity:
+                self._enforce_high(tier)
+            return tier
+        return None
+
+    def _attach(self, tier: Tier, key: BlockHash, nbytes: int) -> None:
+        self._loc[key] = tier
+        if nbytes != self.block_bytes:
+            self._odd_size[key] = nbytes
+        tier.used += nbytes
+        tier.blocks += 1
+
+    def _detach(self, tier: Tier, key: BlockHash) -> int:
+        """Forget ``key`` in ``tier``'s bookkeeping and medium (not its policy)."""
+        del self._loc[key]
+        nbytes = self._odd_size.pop(key, None)
+        if nbytes is None:
+            nbytes = self.block_bytes or 0
+        tier.used -= nbytes
+        tier.blocks -= 1
+        store = tier.store
+        if store is not None:
+            try:
+                store.delete(key)
+            except TierError:
+                tier.pending_deletes.add(key)
+        return nbytes
+
+    def _remove(self, tier: Tier, key: BlockHash) -> int:
+        tier.policy.remove(key)
+        return self._detach(tier, key)
+
+    def _make_room(self, tier: Tier, nbytes: int, incoming: BlockHash) -> bool:
+        if tier.pending_deletes and tier.is_usable():
+            self._retry_deletes(tier)
+        while tier.used + nbytes > tier.capacity:
+            if not self._evict_one(tier, incoming):
+                return False
+        return True
+
+    def _enforce_high(self, tier: Tier) -> None:
+        if tier.used <= tier.high * tier.capacity:
+            return
+        target = tier.low * tier.capacity
+        while tier.used > target and self._evict_one(tier, None):
+            pass
+
+    def _evict_one(self, tier: Tier, incoming: BlockHash | None) -> bool:
+        """Move one victim of ``tier`` down (or drop it). False when the tier is empty."""
+        try:
+            key = tier.policy.victim(incoming)
+        except LookupError:
+            return False
+        tier.counters.evictions += 1
+        destination = self.placement.demote_to(self.tiers, tier.index)
+        block: Block | None = None
+        if destination is not None and tier.store is not None:
+            try:
+                block = tier.store.get(key)
+            except TierError as exc:
+                self._emit_error(tier, key, f"could not read victim to demote it: {exc}")
+            if block is None:
+                destination = None
+        nbytes = self._detach(tier, key)
+        tier.counters.bytes_out += nbytes
+        if destination is not None:
+            tier.counters.demotions_out += 1
+            if self._insert(destination, key, nbytes, block, EventKind.DEMOTE, tier) is not None:
+                return True
+        tier.counters.drops += 1
+        self.drops += 1
+        if self.sink is not None:
+            self._emit(EventKind.DROP, key, tier, nbytes=nbytes)
+        return True
+
+    def _promote(self, tier: Tier, key: BlockHash, block: Block | None) -> None:
+        destination = self.placement.promote_to(self.tiers, tier.index)
+        if destination is None or destination == tier.index:
+            tier.policy.touch(key)
+            return
+        if block is None and tier.store is not None:
+            try:
+                block = tier.store.get(key)
+            except TierError:
+                block = None
+            if block is None:
+                tier.policy.touch(key)
+                return
+        nbytes = self._remove(tier, key)
+        tier.counters.promotions_out += 1
+        tier.counters.bytes_out += nbytes
+        if self._insert(destination, key, nbytes, block, EventKind.PROMOTE, tier) is None:
+            tier.counters.drops += 1
+            self.drops += 1
+            self._emit(EventKind.DROP, key, tier, nbytes=nbytes, detail="promotion failed")
+
+    def _prefetch(self, key: BlockHash) -> None:
+        successor = self._successor.get
+        for _ in range(self.promotion.prefetch_depth):
+            next_key = successor(key)
+            if next_key is None:
+                return
+            tier = self._loc.get(next_key)
+            if tier is not None and tier.index:
+                self._promote(tier, next_key, None)
+            key = next_key
+
+    def _lose(self, tier: Tier, key: BlockHash, reason: str) -> None:
+        """A block the hierarchy believed resident is gone or unusable: forget it as a drop."""
+        tier.policy.remove(key)
+        self._detach(tier, key)
+        tier.counters.drops += 1
+        tier.counters.errors += 1
+        self.drops += 1
+        self._emit(EventKind.DROP, key, tier, detail=reason)
+
+    def _retry_deletes(self, tier: Tier) -> None:
+        store = tier.store
+        assert store is not None
+        for key in list(tier.pending_deletes):
+            if key in self._loc and self._loc[key] is tier:
+                tier.pending_deletes.discard(key)  # it was put back since
+                continue
+            try:
+                store.delete(key)
+            except TierError:
+                return
+            tier.pending_deletes.discard(key)
+
+    def _on_store_health(self, store: TierStore, old: Health, new: Health, reason: str) -> None:
+        for tier in self.tiers:
+            if tier.store is store:
+                self._emit(EventKind.HEALTH, None, tier, detail=f"{old} -> {new}: {reason}")
+
+    def _emit_error(self, tier: Tier, key: BlockHash | None, detail: str) -> None:
+        self._emit(EventKind.ERROR, key, tier, detail=detail)
+
+    def _emit(
+        self, kind: EventKind, key: BlockHash | None, tier: Tier | None, *,
+        to: Tier | None = None, nbytes: int = 0, latency_s: float = 0.0, detail: str = "",
+    ) -> None:
+        if self.sink is None:
+            return
+        self.sink.emit(TierEvent(
+            kind, time.time(), key, None if tier is None else tier.name,
+            None if to is None else to.name, nbytes, latency_s, detail,
+        ))
