@@ -145,6 +145,7 @@ class TierStore(ABC):
 
     def _adopt(self, key: BlockHash, nbytes: int) -> None:
         """Record a block found on the medium at start-up (e.g. a reopened disk directory)."""
+        self._used -= self._sizes.get(key, 0)
         self._sizes[key] = nbytes
         self._used += nbytes
 
@@ -155,13 +156,14 @@ class TierStore(ABC):
         started = time.perf_counter_ns()
         self._check_faults(is_put=True)
         key, nbytes = block.key, block.header.nbytes
-        if key in self._sizes:
-            self.delete(key)
-        if self._used + nbytes > self._capacity:
+        replaced = self._sizes.get(key, 0)
+        if self._used - replaced + nbytes > self._capacity:
             self.stats.errors += 1
             raise StoreFull(
                 f"tier {self.name!r}: {nbytes} B does not fit ({self._used}/{self._capacity} B used)"
             )
+        if key in self._sizes:  # a re-put replaces; if the new put then fails, the key is gone
+            self.delete(key)
         try:
             self._put(block)
         except (StoreFull, StoreUnavailable):
@@ -176,7 +178,8 @@ class TierStore(ABC):
 
     def get(self, key: BlockHash, out: Buffer | None = None) -> Block | None:
         """The block as it was put, or None. Raises BlockCorrupt (block removed) or
-        StoreUnavailable; a corrupt block is never returned."""
+        StoreUnavailable; a corrupt block is never returned (though ``out``, when given, may
+        already hold its bytes: a caller must not use ``out`` after an exception)."""
         started = time.perf_counter_ns()
         self._check_faults(is_put=False)
         stats = self.stats
