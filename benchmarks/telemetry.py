@@ -1,0 +1,442 @@
+"""Telemetry throughput: publisher → subscriber → decode → fold, against raw pyzmq + msgpack.
+
+Run ``python -m benchmarks.telemetry`` for a table or ``--json`` for one JSON object.
+
+Two runs move the same block events (a mix of ``BlockStored`` and ``BlockRemoved`` over four
+tiers) from a producer process to this process:
+
+* **tiertop**: the producer calls the engine-facing :class:`TelemetryPublisher` methods; this
+  process reads with :class:`TelemetrySubscriber` and folds every decoded batch through a
+  pluggable fold (default: per-tier totals; ``--fold module:Class`` swaps in e.g. the state
+  model once it exists).
+* **raw**: the producer builds the same events as msgpack maps and sends batches of the same
+  size on a plain PUB; this process receives on a plain SUB, decodes generically and folds
+  the same totals.
+
+``events_per_s`` is events delivered and folded per second of wall time, from the start signal
+to the last event; the producer keeps the publisher's queue from overflowing (it backs off above
+100,000 queued items), so the figure is what the pipeline sustains, not what the queue absorbs.
+Accounting must close: received + drops the publisher counted == sent. ``vs_raw_zmq`` is the
+tiertop rate over the raw rate of the same run. Rounds of both pipelines are interleaved
+(``--repeats``) and the best round of each is reported, since neighbours on a shared machine
+only ever slow a round down; CPU seconds per event (all threads of each process) are reported
+too, being far less sensitive to neighbours than wall time.
+
+``control_rtt_p99_ms`` is a hook for the control plane (:func:`control_rtt_p99_ms`); until it is
+filled in, the figure is reported as missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import msgspec
+import zmq
+from tiertop.monitor.framing import Decoded
+from tiertop.monitor.protocol import Hello, Snapshot, TierInfo
+from tiertop.monitor.subscriber import TelemetrySubscriber
+from tiertop.monitor.vllm_events import BlockRemoved, BlockStored, KvEventBatch
+
+from benchmarks.common import Figure, parser, report
+
+TIERS = ("gpu", "dram", "numa", "disk")
+TARGET_EVENTS_PER_S = 300_000
+TARGET_VS_RAW = 0.5
+
+
+class Fold(Protocol):
+    """What the benchmark folds decoded messages through (the state model will be one)."""
+
+    def apply(self, message: Decoded) -> None: ...
+
+    def totals(self) -> dict[str, int]: ...
+
+
+class TierTotalsFold:
+    """Stand-in for the state model: per-tier counts of stored and removed blocks."""
+
+    def __init__(self) -> None:
+        self.stored: defaultdict[str, int] = defaultdict(int)
+        self.removed: defaultdict[str, int] = defaultdict(int)
+        self.cleared = 0
+
+    def apply(self, message: Decoded) -> None:
+        if not isinstance(message, KvEventBatch):
+            return
+        stored, removed = self.stored, self.removed
+        for event, tier in zip(message.events, message.tiers, strict=True):
+            if type(event) is BlockStored:
+                stored[tier] += len(event.block_hashes)
+            elif type(event) is BlockRemoved:
+                removed[tier] += len(event.block_hashes)
+            else:
+                self.cleared += 1
+
+    def totals(self) -> dict[str, int]:
+        out = {f"stored.{t}": n for t, n in sorted(self.stored.items())}
+        out.update({f"removed.{t}": n for t, n in sorted(self.removed.items())})
+        return out
+
+
+def expected_totals(n_events: int) -> dict[str, int]:
+    """What a correct fold of :func:`_event_params` over ``n_events`` must total."""
+    stored: defaultdict[str, int] = defaultdict(int)
+    removed: defaultdict[str, int] = defaultdict(int)
+    for i in range(n_events):
+        tier = TIERS[i & 3]
+        if i % 4 == 3:
+            removed[tier] += 1
+        else:
+            stored[tier] += 2
+    out = {f"stored.{t}": n for t, n in sorted(stored.items())}
+    out.update({f"removed.{t}": n for t, n in sorted(removed.items())})
+    return out
+
+
+def load_fold(spec: str | None) -> Callable[[], Fold]:
+    """The fold factory named ``module:Class`` (default :class:`TierTotalsFold`)."""
+    if not spec:
+        return TierTotalsFold
+    module_name, _, attr = spec.partition(":")
+    factory: Callable[[], Fold] = getattr(importlib.import_module(module_name), attr)
+    return factory
+
+
+# ------------------------------------------------------------------------------ producers
+
+
+def _tiertop_producer(conn: Connection, n_events: int, batch: int) -> None:
+    from tiertop.runtime.publisher import TelemetryPublisher
+
+    pub = TelemetryPublisher(
+        "tcp://127.0.0.1:0",
+        "tcp://127.0.0.1:0",
+        hello=Hello(mode="sim", tiers=[TierInfo(name=t) for t in TIERS]),
+        batch_max_events=batch,
+        queue_capacity=200_000,
+        sndhwm=100_000,
+    )
+    conn.send((pub.address, pub.replay_address))
+    conn.recv()  # go
+    cpu0 = time.process_time()
+    stored, removed = pub.block_stored, pub.block_removed
+    pending = pub.pending
+    high = 100_000
+    for i in range(n_events):
+        tier = TIERS[i & 3]
+        if i % 4 == 3:
+            removed([i - 1], tier)
+        else:
+            stored([i, i + 1], tier)
+        if not i & 1023 and pending() > high:
+            while pending() > high // 2:  # a polite producer: the rate the pipeline sustains
+                time.sleep(0.0002)
+    pub.close()
+    c = pub.counters()
+    conn.send(
+        {
+            "sent": n_events,
+            "dropped_events": c.dropped_events,
+            "messages": c.sent_messages,
+            "producer_cpu_s": time.process_time() - cpu0,
+        }
+    )
+    conn.close()
+
+
+def _raw_producer(conn: Connection, n_events: int, batch: int) -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 100_000)
+    pub.bind("tcp://127.0.0.1:0")
+    conn.send((pub.getsockopt(zmq.LAST_ENDPOINT).decode(), None))  # type: ignore[union-attr]
+    while not conn.poll(0.01):  # let the subscriber see something before it says go
+        pub.send_multipart([b"warmup", b"\0" * 8, b""])
+    conn.recv()
+    cpu0 = time.process_time()
+    encode = msgspec.msgpack.encode
+    topic = b"kv-events"
+    seq = 0
+    events: list[dict[str, Any]] = []
+    for i in range(n_events):
+        tier = TIERS[i & 3]
+        if i % 4 == 3:
+            events.append({"type": "BlockRemoved", "block_hashes": [i - 1], "medium": tier})
+        else:
+            events.append(
+                {
+                    "type": "BlockStored",
+                    "block_hashes": [i, i + 1],
+                    "parent_block_hash": None,
+                    "token_ids": [],
+                    "block_size": 0,
+                    "lora_id": None,
+                    "medium": tier,
+                    "lora_name": None,
+                }
+            )
+        if len(events) >= batch or i == n_events - 1:
+            pub.send_multipart([topic, seq.to_bytes(8, "big"), encode([time.time(), events, 0])])
+            seq += 1
+            events = []
+    pub.close(linger=5000)
+    ctx.term()
+    conn.send(
+        {
+            "sent": n_events,
+            "dropped_events": 0,
+            "messages": seq,
+            "producer_cpu_s": time.process_time() - cpu0,
+        }
+    )
+    conn.close()
+
+
+# ------------------------------------------------------------------------------- consumers
+
+
+def run_tiertop(n_events: int, batch: int, fold_factory: Callable[[], Fold]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_tiertop_producer, args=(child, n_events, batch), daemon=True)
+    proc.start()
+    address, replay = parent.recv()
+    sub = TelemetrySubscriber(address, replay, topics=["kv-events"], reconnect_after_s=None)
+    fold = fold_factory()
+    try:
+        deadline = time.monotonic() + 10
+        joined = False
+        while not joined and time.monotonic() < deadline:
+            joined = any(isinstance(m, Hello | Snapshot) for m in sub.poll(100, 50))
+        if not joined:
+            raise RuntimeError("subscriber never saw the publisher")
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        parent.send("go")
+        received = 0
+        last = t0
+        final: dict[str, Any] | None = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for message in sub.poll(16, 20):
+                if isinstance(message, KvEventBatch):
+                    received += len(message.events)
+                    last = time.perf_counter()
+                fold.apply(message)
+            if final is None and parent.poll():
+                final = parent.recv()
+            if received >= n_events:
+                break
+            if final is not None and received + final["dropped_events"] >= final["sent"]:
+                break
+        if final is None:
+            final = parent.recv() if parent.poll(10) else {"sent": n_events, "dropped_events": -1}
+        consumer_cpu = time.process_time() - cpu0
+        counters = sub.counters()
+    finally:
+        sub.close()
+        proc.join(10)
+    elapsed = max(last - t0, 1e-9)
+    return {
+        "events_per_s": received / elapsed,
+        "sent": final["sent"],
+        "received": received,
+        "dropped_counted": final["dropped_events"],
+        "unaccounted": final["sent"] - received - max(0, final["dropped_events"]),
+        "seconds": elapsed,
+        "producer_cpu_s": final.get("producer_cpu_s", 0.0),
+        "consumer_cpu_s": consumer_cpu,
+        "gaps": counters.gaps,
+        "decode_errors": counters.decode_errors,
+        "fold_ok": fold.totals() == expected_totals(n_events) if received == n_events else None,
+    }
+
+
+def run_raw(n_events: int, batch: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_raw_producer, args=(child, n_events, batch), daemon=True)
+    proc.start()
+    address, _ = parent.recv()
+    zctx = zmq.Context()
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(address)
+    stored: defaultdict[str, int] = defaultdict(int)
+    removed: defaultdict[str, int] = defaultdict(int)
+    decode = msgspec.msgpack.decode
+    try:
+        if not sub.poll(10_000):
+            raise RuntimeError("raw subscriber never saw the publisher")
+        while sub.poll(0):
+            sub.recv_multipart()
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        parent.send("go")
+        received = 0
+        last = t0
+        deadline = time.monotonic() + 120
+        while received < n_events and time.monotonic() < deadline:
+            if not sub.poll(200):
+                if parent.poll():
+                    break  # the producer is done and nothing more comes: loss
+                continue
+            topic, _seq, payload = sub.recv_multipart()
+            if topic != b"kv-events":
+                continue
+            _ts, events, _rank = decode(payload)
+            for event in events:
+                if event["type"] == "BlockStored":
+                    stored[event["medium"].lower()] += len(event["block_hashes"])
+                elif event["type"] == "BlockRemoved":
+                    removed[event["medium"].lower()] += len(event["block_hashes"])
+            received += len(events)
+            last = time.perf_counter()
+        consumer_cpu = time.process_time() - cpu0
+        final = parent.recv() if parent.poll(10) else {"sent": n_events, "producer_cpu_s": 0.0}
+    finally:
+        sub.close(0)
+        zctx.term()
+        proc.join(10)
+    elapsed = max(last - t0, 1e-9)
+    return {
+        "events_per_s": received / elapsed,
+        "sent": final["sent"],
+        "received": received,
+        "seconds": elapsed,
+        "producer_cpu_s": final["producer_cpu_s"],
+        "consumer_cpu_s": consumer_cpu,
+    }
+
+
+# ----------------------------------------------------------------------------- control rtt
+
+
+def control_rtt_p99_ms() -> tuple[float | None, str]:
+    """HOOK for the control plane: p99 round trip of a no-op command, in milliseconds.
+
+    To be filled in by the control plane (ROUTER control server + DEALER control client):
+    start a runtime-side control server on loopback, send a few thousand no-op commands
+    through the control client and return ``(p99_ms, "measured")``. Until then it reports the
+    figure as missing rather than inventing one.
+    """
+    return None, "missing: control plane client/server not in this tree yet"
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def software_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 0
+    return {
+        "cpus_usable": usable,
+        "implementation": platform.python_implementation(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgspec": msgspec.__version__,
+    }
+
+
+def run(n_events: int, batch: int, fold_spec: str | None, repeats: int) -> dict[str, Any]:
+    """``repeats`` interleaved rounds of both pipelines; the best round of each is reported
+    (the one least disturbed by neighbours on a shared machine), every round is in ``rounds``."""
+    fold_factory = load_fold(fold_spec)
+    rounds: list[dict[str, Any]] = []
+    for _ in range(max(1, repeats)):
+        tiertop = run_tiertop(n_events, batch, fold_factory)
+        raw = run_raw(n_events, batch)
+        rounds.append({"tiertop": tiertop, "raw": raw})
+    best = max((r["tiertop"] for r in rounds), key=lambda t: float(t["events_per_s"]))
+    best_raw = max((r["raw"] for r in rounds), key=lambda t: float(t["events_per_s"]))
+    rtt, rtt_status = control_rtt_p99_ms()
+    return {
+        "events": n_events,
+        "batch_max_events": batch,
+        "fold": fold_spec or "benchmarks.telemetry:TierTotalsFold",
+        "repeats": len(rounds),
+        "events_per_s": best["events_per_s"],
+        "raw_zmq_events_per_s": best_raw["events_per_s"],
+        "vs_raw_zmq": best["events_per_s"] / best_raw["events_per_s"],
+        "unaccounted_events": sum(r["tiertop"]["unaccounted"] for r in rounds),
+        "dropped_counted": sum(r["tiertop"]["dropped_counted"] for r in rounds),
+        "fold_ok": all(r["tiertop"]["fold_ok"] is not False for r in rounds),
+        "producer_cpu_us_per_event": best["producer_cpu_s"] / n_events * 1e6,
+        "consumer_cpu_us_per_event": best["consumer_cpu_s"] / n_events * 1e6,
+        "raw_producer_cpu_us_per_event": best_raw["producer_cpu_s"] / n_events * 1e6,
+        "raw_consumer_cpu_us_per_event": best_raw["consumer_cpu_s"] / n_events * 1e6,
+        "control_rtt_p99_ms": rtt,
+        "control_rtt_status": rtt_status,
+        "rounds": rounds,
+        "software": software_info(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("Telemetry throughput: publisher -> subscriber -> decode -> fold, vs raw pyzmq.")
+    p.add_argument("--events", type=int, default=None, help="block events per run")
+    p.add_argument("--batch", type=int, default=512, help="most events per batch message")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (best reported)")
+    p.add_argument("--fold", default=None, help="fold factory as module:Class")
+    args = p.parse_args(argv)
+    n_events = args.events or (150_000 if args.quick else 600_000)
+    result = run(n_events, args.batch, args.fold, 1 if args.quick else args.repeats)
+    rtt = result["control_rtt_p99_ms"]
+    figures = [
+        Figure(
+            "events_per_s",
+            round(result["events_per_s"]),
+            "events/s",
+            f">= {TARGET_EVENTS_PER_S}",
+            f"best of {result['repeats']}; {n_events:,} events, batches <= {args.batch}",
+        ),
+        Figure(
+            "vs_raw_zmq",
+            round(result["vs_raw_zmq"], 3),
+            "",
+            f">= {TARGET_VS_RAW}",
+            f"raw pyzmq+msgpack: {result['raw_zmq_events_per_s']:,.0f} events/s",
+        ),
+        Figure(
+            "unaccounted_events",
+            result["unaccounted_events"],
+            "events",
+            "<= 0",
+            f"sent - received - counted drops ({result['dropped_counted']} counted)",
+        ),
+        Figure("fold_totals_correct", int(result["fold_ok"]), "", ">= 1", result["fold"]),
+        Figure("producer_cpu_us_per_event", round(result["producer_cpu_us_per_event"], 3), "us"),
+        Figure("consumer_cpu_us_per_event", round(result["consumer_cpu_us_per_event"], 3), "us"),
+        Figure(
+            "raw_producer_cpu_us_per_event", round(result["raw_producer_cpu_us_per_event"], 3), "us"
+        ),
+        Figure(
+            "raw_consumer_cpu_us_per_event", round(result["raw_consumer_cpu_us_per_event"], 3), "us"
+        ),
+        Figure(
+            "control_rtt_p99_ms",
+            rtt,
+            "ms",
+            "",
+            "" if rtt is not None else result["control_rtt_status"],
+        ),
+    ]
+    details = {k: v for k, v in result.items() if k not in {f.name for f in figures}}
+    report("telemetry", figures, args.json, details)
+    return 0 if result["unaccounted_events"] == 0 and result["fold_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
