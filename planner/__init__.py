@@ -1,0 +1,1 @@
+"""Capacity and cost planning: first-principles predictions from model and hardware catalogues."""
