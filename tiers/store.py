@@ -98,7 +98,7 @@ class TierStore(ABC):
         """The largest capacity this medium can take (None: no fixed limit)."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (most media have nothing to release)
         """Release the medium (files, sockets, memory). The store is unusable afterwards."""
 
     # ---------------------------------------------------------------- occupancy and capacity
@@ -119,7 +119,8 @@ class TierStore(ABC):
             )
         if capacity_bytes < self._used:
             raise ValueError(
-                f"tier {self.name!r} holds {self._used} B; evict before shrinking to {capacity_bytes}"
+                f"tier {self.name!r} holds {self._used} B; "
+                f"evict before shrinking to {capacity_bytes}"
             )
         self._capacity = int(capacity_bytes)
 
@@ -160,7 +161,8 @@ class TierStore(ABC):
         if self._used - replaced + nbytes > self._capacity:
             self.stats.errors += 1
             raise StoreFull(
-                f"tier {self.name!r}: {nbytes} B does not fit ({self._used}/{self._capacity} B used)"
+                f"tier {self.name!r}: {nbytes} B does not fit "
+                f"({self._used}/{self._capacity} B used)"
             )
         if key in self._sizes:  # a re-put replaces; if the new put then fails, the key is gone
             self.delete(key)
@@ -228,7 +230,7 @@ class TierStore(ABC):
         return freed
 
     def _forget(self, key: BlockHash) -> None:
-        self._used -= self._sizes.pop(key)
+        self._used -= self._sizes.pop(key, 0)
 
     # ---------------------------------------------------------------- health and faults
 

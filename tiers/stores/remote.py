@@ -1,14 +1,17 @@
 """The remote tier: KV blocks held in a memory server's RAM, reached over ZeroMQ.
 
 :class:`RemoteStore` is the client of a :mod:`~tiertop.tiers.memserver` (``tiertop memserver``):
-real disaggregated memory, one DEALER socket, one request in flight at a time.
+real disaggregated memory over one DEALER socket. Puts and gets wait for their answer; deletes are
+pipelined (sent without waiting: the server answers one connection's requests in order, so a later
+put of the same key lands after them). Payloads are sent and received without copies.
 
 Failure handling (never hangs the caller, never hands back wrong bytes):
 
 - Every request has a deadline (``timeout_s``). A request that gets no reply marks the tier
   ``down`` (:meth:`set_medium_health`), drops the socket (requests queued on it and late replies
   go with it) and raises :class:`StoreUnavailable`: the hierarchy turns a failed get into a miss,
-  and a failed put leaves the tier unchanged.
+  and a failed put leaves the tier unchanged (for a re-put, the base class has already dropped
+  the old copy).
 - While down, operations fail at once until a back-off interval has passed (doubling from
   ``retry_interval_s`` to ``max_retry_interval_s``); then the next operation (or
   :meth:`refresh_health`) sends one cheap ping with the short ``probe_timeout_s``. When it is
@@ -48,7 +51,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -60,6 +63,7 @@ from ..codecs import codec as get_codec
 from ..errors import StoreFull, StoreUnavailable
 from ..health import Health
 from ..memserver import (
+    HEAD_TAIL,
     INFO_DECODER,
     META_DECODER,
     META_ENCODER,
@@ -70,6 +74,7 @@ from ..memserver import (
     OP_PING,
     OP_PUT,
     OP_STATS,
+    PROTOCOL_VERSION,
     ST_ERROR,
     ST_FULL,
     ST_MISSING,
@@ -77,6 +82,9 @@ from ..memserver import (
     ServerInfo,
     WireMeta,
     from_u64,
+    recv_frames,
+    send_frames,
+    split_head,
     u64,
 )
 from ..store import Buffer, TierStore, copy_into
@@ -91,6 +99,7 @@ __all__ = [
 ]
 
 _U64_MASK = (1 << 64) - 1
+_NOBLOCK = int(zmq.NOBLOCK)
 _MAX_UNACKED = 256  # pipelined deletes in flight before waiting for their answers
 
 
@@ -100,6 +109,15 @@ class RemoteError(StoreUnavailable):
 
 class RequestLost(StoreUnavailable):
     """A request was sent but no reply came in time (it may or may not have been applied)."""
+
+
+class _Reply(NamedTuple):
+    status: bytes
+    frames: list[zmq.Frame]  # [head, body] + [payload] for a get hit
+
+    @property
+    def body(self) -> zmq.Frame:
+        return self.frames[1]
 
 
 def _nbytes(data: Any) -> int:
@@ -156,6 +174,7 @@ class RemoteStore(TierStore):
         self.max_retry_interval_s = float(max_retry_interval_s)
         self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
+        self._rcvtimeo_ms = -1
         self._rids = itertools.count(secrets.randbits(48))
         self._epoch: int | None = None
         self._retry_at = 0.0
@@ -172,7 +191,13 @@ class RemoteStore(TierStore):
         #: Replies dropped because they answered an earlier request that had timed out.
         self.stale_replies = 0
         try:
-            self._probe()
+            self._socket()
+        except zmq.ZMQError as exc:
+            raise ValueError(
+                f"tier {name!r}: bad memory server address {address!r}: {exc}"
+            ) from exc
+        try:
+            self._probe(self.timeout_s)  # a first connection may take longer than a ping
         except StoreUnavailable:
             if capacity_bytes is None:
                 self.close()
@@ -211,29 +236,30 @@ class RemoteStore(TierStore):
         except RequestLost:
             self._pending_deletes.add(block.key)  # it may have landed: make sure it goes
             raise
-        status = reply[0].bytes
-        if status == ST_FULL:
-            raise StoreFull(f"tier {self.name!r}: {_text(reply[3])}")
+        if reply.status == ST_FULL:
+            raise StoreFull(f"tier {self.name!r}: {_text(reply.body)}")
         self._check_ok(reply, "put")
 
     def _get(self, key: BlockHash, out: Buffer | None) -> Block | None:
         try:
-            reply = self._request(OP_GET, key)
-        except StoreUnavailable:
+            return self._fetch(key, out)
+        except StoreUnavailable:  # the base class counts failed puts, not failed gets
             self.stats.errors += 1
             raise
-        status = reply[0].bytes
-        if status == ST_MISSING:
+
+    def _fetch(self, key: BlockHash, out: Buffer | None) -> Block | None:
+        reply = self._request(OP_GET, key)
+        if reply.status == ST_MISSING:
             return None
         self._check_ok(reply, "get")
-        if len(reply) != 5:
-            raise self._protocol_error(f"get reply has {len(reply)} frames, expected 5")
+        if len(reply.frames) != 3:
+            raise self._protocol_error(f"get reply has {len(reply.frames)} frames, expected 3")
         try:
-            meta = META_DECODER.decode(reply[3].buffer)
+            meta = META_DECODER.decode(reply.body.buffer)
         except msgspec.MsgspecError:  # undecodable metadata: treat the block as corrupt
             return _unverifiable(key, BlockHeader((0,), "uint8", 0, checksum(b"")))
         header = BlockHeader(meta.shape, meta.dtype, meta.nbytes, meta.checksum, meta.block_codec)
-        data = reply[4].buffer
+        data = reply.frames[2].buffer
         if meta.codec == "raw":
             return Block(key, header, data if out is None else copy_into(out, data))
         # The base class checks ``header.checksum`` over what we return; the encoded bytes are
@@ -317,7 +343,7 @@ class RemoteStore(TierStore):
         if self._medium_health is Health.DOWN:
             self._ensure_up()  # pings, or fails at once within the back-off interval
         else:
-            self._probe()
+            self._probe(self.timeout_s)  # no stricter than any other request while up
         return time.perf_counter() - started
 
     def refresh_health(self) -> Health:
@@ -330,13 +356,13 @@ class RemoteStore(TierStore):
         """The server's counters; raises :class:`StoreUnavailable`."""
         reply = self._request(OP_STATS, 0)
         self._check_ok(reply, "stats")
-        self.server = INFO_DECODER.decode(reply[3].buffer)
+        self.server = self._server_info(reply)
         return self.server
 
     def server_contains(self, key: BlockHash) -> bool:
         """Whether the server holds ``key`` (asks it); raises :class:`StoreUnavailable`."""
         reply = self._request(OP_CONTAINS, key)
-        if reply[0].bytes == ST_MISSING:
+        if reply.status == ST_MISSING:
             return False
         self._check_ok(reply, "contains")
         return True
@@ -349,6 +375,7 @@ class RemoteStore(TierStore):
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.address)
             self._sock = sock
+            self._rcvtimeo_ms = -1
         return self._sock
 
     def _drop_socket(self) -> None:
@@ -381,13 +408,13 @@ class RemoteStore(TierStore):
             )
         self._probe()
 
-    def _probe(self) -> None:
+    def _probe(self, timeout_s: float | None = None) -> None:
         """Ping the server; on an answer, send what is pending and report the tier ok."""
         if self._closed:
             raise StoreUnavailable(f"tier {self.name!r} is closed")
-        reply = self._exchange(OP_PING, 0, (), self.probe_timeout_s)
+        reply = self._exchange(OP_PING, 0, (), timeout_s or self.probe_timeout_s)
         self._check_ok(reply, "ping")
-        self.server = INFO_DECODER.decode(reply[3].buffer)
+        self.server = self._server_info(reply)
         if self._pending_clear:
             self._check_ok(self._exchange(OP_CLEAR, 0, (), self.timeout_s), "clear")
             self._pending_clear = False
@@ -402,7 +429,7 @@ class RemoteStore(TierStore):
 
     def _request(
         self, op: bytes, key: BlockHash, extra: Sequence[bytes | memoryview] = ()
-    ) -> list[zmq.Frame]:
+    ) -> _Reply:
         self._ensure_up()
         return self._exchange(op, key, extra, self.timeout_s)
 
@@ -410,13 +437,18 @@ class RemoteStore(TierStore):
         self, op: bytes, key: BlockHash, extra: Sequence[bytes | memoryview] = ()
     ) -> tuple[zmq.Socket[Any], bytes]:
         """Send one request without waiting; returns the socket and the request id."""
-        sock = self._socket()
         rid = u64(next(self._rids) & _U64_MASK)
         try:
-            sock.send_multipart([op, rid, u64(key), *extra], flags=zmq.NOBLOCK, copy=False)
+            sock = self._socket()
+            send_frames(sock, [op + rid + u64(key), *extra], _NOBLOCK)
         except zmq.Again:
             raise self._fail(f"memory server {self.address}: send queue full") from None
-        self.stats.wire_bytes_in += len(op) + 16 + sum(_nbytes(frame) for frame in extra)
+        except zmq.ZMQError as exc:  # e.g. the context was terminated
+            raise self._fail(f"memory server {self.address}: {exc}") from exc
+        sent = len(op) + HEAD_TAIL
+        for frame in extra:
+            sent += _nbytes(frame)
+        self.stats.wire_bytes_in += sent
         return sock, rid
 
     def _send_delete(self, key: BlockHash) -> None:
@@ -431,35 +463,46 @@ class RemoteStore(TierStore):
         key: BlockHash,
         extra: Sequence[bytes | memoryview],
         timeout_s: float,
-    ) -> list[zmq.Frame]:
+    ) -> _Reply:
         """Send one request and wait for its reply (by request id) until the deadline."""
         sock, rid = self._send(op, key, extra)
         stats = self.stats
         deadline = time.monotonic() + timeout_s
+        wait_ms = max(1, math.ceil(timeout_s * 1000))
         while True:
-            remaining_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
-                raise self._fail(
-                    f"memory server {self.address} did not answer {op.decode()} within "
-                    f"{timeout_s:g} s",
-                    RequestLost,
-                )
-            reply: list[zmq.Frame] = sock.recv_multipart(copy=False)
-            stats.wire_bytes_out += sum(len(frame) for frame in reply)
-            if len(reply) < 4 or len(reply[2]) != 8:
-                self.stale_replies += 1
-                continue
-            reply_id = reply[1].bytes
-            if reply_id != rid:
-                if self._unacked.pop(reply_id, None) is None:
-                    self.stale_replies += 1  # the answer to a request we gave up on
-                    continue
-                self._note_epoch(from_u64(reply[2].bytes))
-                if reply[0].bytes not in (ST_OK, ST_MISSING):
-                    self.stats.errors += 1  # a refused delete: a protocol bug, keep going
-                continue
-            self._note_epoch(from_u64(reply[2].bytes))
-            return reply
+            # A receive timeout on the socket, not a poll: one system call less per request.
+            if wait_ms != self._rcvtimeo_ms:
+                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                self._rcvtimeo_ms = wait_ms
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                raise self._timed_out(op, timeout_s) from None
+            except zmq.ZMQError as exc:
+                raise self._fail(f"memory server {self.address}: {exc}", RequestLost) from exc
+            received = 0
+            for frame in frames:
+                received += len(frame)
+            stats.wire_bytes_out += received
+            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            head = split_head(frames[0].bytes) if len(frames) >= 2 else None
+            if head is not None and head[1] == rid:
+                self._note_epoch(from_u64(head[2]))
+                return _Reply(head[0], frames)
+            if head is None or self._unacked.pop(head[1], None) is None:
+                self.stale_replies += 1  # the answer to a request we gave up on
+            else:  # the answer to a pipelined delete
+                self._note_epoch(from_u64(head[2]))
+                if head[0] not in (ST_OK, ST_MISSING):
+                    stats.errors += 1  # a refused delete: a protocol bug, keep going
+            if wait_ms <= 0:
+                raise self._timed_out(op, timeout_s)
+
+    def _timed_out(self, op: bytes, timeout_s: float) -> Exception:
+        return self._fail(
+            f"memory server {self.address} did not answer {op.decode()} within {timeout_s:g} s",
+            RequestLost,
+        )
 
     def _note_epoch(self, epoch: int) -> None:
         if self._epoch == epoch:
@@ -484,16 +527,26 @@ class RemoteStore(TierStore):
         self._sizes.clear()
         self._used = 0
 
-    def _check_ok(self, reply: list[zmq.Frame], what: str) -> None:
-        status = reply[0].bytes
+    def _server_info(self, reply: _Reply) -> ServerInfo:
+        try:
+            info = INFO_DECODER.decode(reply.body.buffer)
+        except msgspec.MsgspecError as exc:
+            raise self._protocol_error(f"unreadable server info: {exc}") from exc
+        if info.version != PROTOCOL_VERSION:
+            raise self._protocol_error(
+                f"speaks protocol {info.version}, this client {PROTOCOL_VERSION}"
+            )
+        return info
+
+    def _check_ok(self, reply: _Reply, what: str) -> None:
+        status = reply.status
         if status == ST_OK:
             return
         if status == ST_ERROR:
-            raise self._protocol_error(f"server refused {what}: {_text(reply[3])}")
+            raise self._protocol_error(f"server refused {what}: {_text(reply.body)}")
         raise self._protocol_error(f"unexpected {what} reply status {status[:32]!r}")
 
     def _protocol_error(self, message: str) -> RemoteError:
-        self.stats.errors += 1
         return RemoteError(f"tier {self.name!r}: memory server {self.address}: {message}")
 
 
