@@ -51,6 +51,7 @@ from .protocol import (
     TelemetryMessage,
     TierStats,
 )
+from .security import ClientCurve, apply_client_curve
 from .vllm_events import KvEventBatch, MediumNormalizer
 
 __all__ = ["SubscriberCounters", "TelemetrySubscriber"]
@@ -142,6 +143,9 @@ class TelemetrySubscriber:
         kv_topic: Topic of block events the publisher's plain (vLLM) replay request serves.
         normalizer: Tier-name normaliser for block events (tier names from Hello are added).
         clock: Monotonic clock in seconds (for tests).
+        curve: CurveZMQ client settings (this reader's key pair and the runtime's public key);
+            with them the runtime admits this reader, without them a CURVE runtime sends it
+            nothing.
     """
 
     def __init__(
@@ -161,8 +165,10 @@ class TelemetrySubscriber:
         kv_topic: str = TOPIC_KV,
         normalizer: MediumNormalizer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        curve: ClientCurve | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._curve = curve
         self.replay_endpoint = replay_endpoint
         prefixes = list(dict.fromkeys(topics)) if topics else [""]
         self._prefixes = list(dict.fromkeys([*prefixes, TOPIC_HELLO, TOPIC_HEARTBEAT]))
@@ -296,6 +302,8 @@ class TelemetrySubscriber:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # ZMTP pings find dead TCP peers
         sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        if self._curve is not None:
+            apply_client_curve(sub, self._curve)
         for prefix in self._prefixes:
             sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         sub.connect(self.endpoint)
@@ -307,6 +315,8 @@ class TelemetrySubscriber:
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.RCVHWM, 0)  # replays are bounded by the publisher's buffer
+        if self._curve is not None:
+            apply_client_curve(dealer, self._curve)
         dealer.connect(self.replay_endpoint)
         self._dealer = dealer
         self._poller.register(dealer, zmq.POLLIN)

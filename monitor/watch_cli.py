@@ -79,29 +79,19 @@ def run(args: argparse.Namespace) -> int:
         err("--client-key and --server-key go together")
         return 2
 
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+    curve: ClientCurve | None = None
     if args.client_key is not None:
         try:
             curve = ClientCurve.from_files(args.client_key, args.server_key)
         except (OSError, ValueError) as exc:
-            context.term()
             err(str(exc))
             return 2
-        if not zmq.has("curve"):
-            context.term()
-            err("this libzmq was built without CURVE support")
-            return 2
-        # Context defaults apply to every socket the subscriber creates, reconnects included.
-        context.setsockopt(zmq.CURVE_SERVERKEY, curve.server_public_key)
-        context.setsockopt(zmq.CURVE_PUBLICKEY, curve.keys.public_key)
-        context.setsockopt(zmq.CURVE_SECRETKEY, curve.keys.secret_key)
 
     window = args.window if args.window is not None else max(args.interval, 1.0)
     model = StateModel(window_s=window)
     try:
-        subscriber = TelemetrySubscriber(args.connect, args.replay_addr, context=context)
-    except zmq.ZMQError as exc:
-        context.term()
+        subscriber = TelemetrySubscriber(args.connect, args.replay_addr, curve=curve)
+    except (zmq.ZMQError, RuntimeError) as exc:
         err(f"cannot connect to {args.connect}: {exc}")
         return 2
 
@@ -153,4 +143,3 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         subscriber.close()
-        context.term()

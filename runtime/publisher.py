@@ -75,6 +75,7 @@ from tiertop.monitor.protocol import (
     TierMoves,
     TierStats,
 )
+from tiertop.monitor.security import CurveAuthenticator, ServerCurve, apply_server_curve
 from tiertop.monitor.vllm_events import (
     AllBlocksCleared,
     BlockRemoved,
@@ -201,6 +202,8 @@ class TelemetryPublisher:
         replay_buffer_bytes: Total payload bytes kept for replay over all topics.
         close_linger_s: How long :meth:`close` lets unsent messages drain.
         context: ZeroMQ context to use (default: a private one, terminated on close).
+        curve: CurveZMQ server settings: encrypt both sockets and admit only authorised
+            client keys (see :mod:`tiertop.monitor.security`).
     """
 
     def __init__(
@@ -224,6 +227,7 @@ class TelemetryPublisher:
         replay_buffer_bytes: int = 64 << 20,
         close_linger_s: float = 1.0,
         context: zmq.Context[Any] | None = None,
+        curve: ServerCurve | None = None,
     ) -> None:
         if queue_capacity < 1 or batch_max_events < 1 or replay_buffer_batches < 1:
             raise ValueError("queue_capacity, batch_max_events, replay_buffer_batches must be >= 1")
@@ -282,7 +286,10 @@ class TelemetryPublisher:
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1) if context is None else context
         self._pub: zmq.Socket[bytes] = self._ctx.socket(zmq.XPUB)
         self._router: zmq.Socket[bytes] | None = None
+        self._authenticators: list[CurveAuthenticator] = []
         try:
+            if curve is not None:
+                self._authenticators.append(apply_server_curve(self._pub, curve))
             self._pub.setsockopt(zmq.SNDHWM, sndhwm)
             self._pub.setsockopt(zmq.XPUB_NODROP, 1)
             self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription: greet with Hello
@@ -292,6 +299,8 @@ class TelemetryPublisher:
             self.replay_address: str | None = None
             if replay_endpoint is not None:
                 self._router = self._ctx.socket(zmq.ROUTER)
+                if curve is not None:
+                    self._authenticators.append(apply_server_curve(self._router, curve))
                 self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
                 self._router.setsockopt(zmq.SNDHWM, max(sndhwm, replay_buffer_batches + 16))
                 self._router.setsockopt(zmq.LINGER, 0)
@@ -301,6 +310,7 @@ class TelemetryPublisher:
             self._pub.close(0)
             if self._router is not None:
                 self._router.close(0)
+            self._release_authenticators()
             if self._own_context:
                 self._ctx.term()
             raise
@@ -496,6 +506,11 @@ class TelemetryPublisher:
         self._wake()
         self._thread.join(self._linger_s + 5.0)
 
+    def _release_authenticators(self) -> None:
+        for authenticator in self._authenticators:
+            authenticator.release()
+        self._authenticators.clear()
+
     def __enter__(self) -> TelemetryPublisher:
         return self
 
@@ -578,6 +593,7 @@ class TelemetryPublisher:
         self._pub.close()
         if self._router is not None:
             self._router.close(0)
+        self._release_authenticators()
         if self._own_context:
             self._ctx.term()  # waits at most the linger for unsent messages
         self._wake_r.close()
