@@ -17,6 +17,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 # name -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("tiertop.runtime.run_cli", "start the runtime: a model serving a workload on tiers"),
+    "memserver": ("tiertop.tiers.memserver_cli", "serve a remote KV memory tier over ZeroMQ"),
+    "keys": ("tiertop.monitor.keys_cli", "make CurveZMQ key pairs for runtimes and clients"),
+    "watch": ("tiertop.monitor.watch_cli",
+              "print a compact per-tier table every second (like top -b)"),
+    "demo": ("tiertop.tui.demo_cli", "start a runtime and open the dashboard on it"),
+    "dash": ("tiertop.tui.dash_cli", "open the dashboard on a running runtime"),
 }
 
 
