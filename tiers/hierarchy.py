@@ -25,8 +25,6 @@ from .health import Health
 from .policies.base import EvictionPolicy, eviction_policy
 from .policies.oracle import FutureOracle
 from .policies.placement import (
-    PlacementPolicy,
-    PromotionPolicy,
     placement_policy,
     promotion_policy,
     strategy,
@@ -35,6 +33,12 @@ from .store import TierStore
 
 DEFAULT_HIGH = 0.9
 DEFAULT_LOW = 0.8
+
+# Enum members as module constants: an attribute lookup on an Enum class costs ~100 ns in
+# Python 3.11, which the accounting-only hot path pays several times per miss otherwise.
+_PUT, _PROMOTE, _DEMOTE = EventKind.PUT, EventKind.PROMOTE, EventKind.DEMOTE
+_HIT, _MISS, _DROP = EventKind.HIT, EventKind.MISS, EventKind.DROP
+_DOWN = Health.DOWN
 
 
 @dataclass
@@ -175,6 +179,17 @@ class Hierarchy:
             self.promotion = promotion_policy(promotion)
         self.strategy_name = strategy_name
 
+    @property
+    def placement(self) -> PlacementPolicy:
+        return self._placement
+
+    @placement.setter
+    def placement(self, policy: PlacementPolicy) -> None:
+        self._placement = policy
+        # where each tier's victims go: fixed for a placement policy, so asked once
+        self._demote_to = [policy.demote_to(self.tiers, i) for i in range(len(self.tiers))]
+        self._fixed_target = policy.fixed_target(self.tiers)
+
     # ------------------------------------------------------------------ lookups and access
 
     def locate(self, key: BlockHash) -> int | None:
@@ -202,13 +217,103 @@ class Hierarchy:
         policy says); a miss returns -1 after placing the block as a new put."""
         if self.oracle is not None:
             self.oracle.advance(key)
+        return self._access(key, nbytes, position, parent)
+
+    def run_trace(self, keys: Iterable[BlockHash], nbytes: int | None = None) -> int:
+        """Access every key in order (accounting-only); returns the number of hits.
+
+        The same bookkeeping as calling ``access()`` per key (a test holds the two equal), with
+        two short paths for what dominates a replay: a hit in the top tier, and a miss into an
+        accounting-only top tier whose victims leave the hierarchy (one tier, or local-only);
+        counters are added up once at the end. Everything else goes through ``access()``'s own
+        code. Observed hierarchies (a sink) and prefetching take the plain loop.
+        """
+        before = self.hits
+        if self.sink is not None or self.promotion.prefetch_depth:
+            for key in keys:
+                self.access(key, nbytes)
+            return self.hits - before
+        size = self.block_bytes if nbytes is None else nbytes
+        if size is None:
+            raise ValueError("run_trace() needs nbytes when the hierarchy has no block_bytes")
+        top = self.tiers[0]
+        policy = top.policy
+        touch, insert, victim = policy.touch, policy.insert, policy.victim
+        loc = self._loc
+        where = loc.get
+        slow = self._access
+        put_new = self._put_new
+        oracle = self.oracle
+        # with an oracle, each access advances it inline (what FutureOracle.advance does)
+        sequence = oracle.sequence if oracle is not None else []
+        next_positions = oracle.next_positions if oracle is not None else []
+        next_use = oracle.next_use_table if oracle is not None else {}
+        position = oracle.position if oracle is not None else 0
+        end = len(sequence)
+        # misses placed inline: the top tier holds no bytes, takes every new block, drops its
+        # victims, and all blocks have the one size
+        inline = (top.store is None and self._fixed_target == 0 and self._demote_to[0] is None
+                  and size == self.block_bytes and not self._odd_size
+                  and 0 < size <= top.capacity)
+        capacity, high = top.capacity, top.high * top.capacity
+        top_hits = misses = placed = evicted = 0
+        for key in keys:
+            if oracle is not None:
+                if position >= end or sequence[position] != key:
+                    oracle.position = position
+                    raise oracle.mismatch(key, position)
+                next_use[key] = next_positions[position]
+                position += 1
+            tier = where(key)
+            if tier is top:
+                touch(key)
+                top_hits += 1
+                continue
+            if tier is not None:
+                slow(key, size, 0, None)
+                continue
+            misses += 1
+            if not inline:
+                put_new(key, size, 0, None, None)
+                continue
+            while top.used + size > capacity:  # make room: victims leave the hierarchy
+                del loc[victim(key)]
+                top.used -= size
+                top.blocks -= 1
+                evicted += 1
+            loc[key] = top
+            top.used += size
+            top.blocks += 1
+            insert(key)
+            placed += 1
+            if top.used > high:
+                self._enforce_high(top)
+        if oracle is not None:
+            oracle.position = position
+        counters = top.counters
+        counters.hits += top_hits
+        counters.placed += placed
+        counters.bytes_in += placed * size
+        counters.evictions += evicted
+        counters.drops += evicted
+        counters.bytes_out += evicted * size
+        self.lookups += top_hits + misses
+        self.hits += top_hits
+        self.misses += misses
+        self.puts += placed
+        self.drops += evicted
+        return self.hits - before
+
+    def _access(
+        self, key: BlockHash, nbytes: int | None, position: int, parent: BlockHash | None
+    ) -> int:
         self.lookups += 1
         tier = self._loc.get(key)
         if tier is not None:
             self.hits += 1
             tier.counters.hits += 1
             if self.sink is not None:
-                self._emit(EventKind.HIT, key, tier, nbytes=self.size_of(key))
+                self._emit(_HIT, key, tier, nbytes=self.size_of(key))
             index = tier.index
             if index and self.promotion.on_hit:
                 self._promote(tier, key, None)
@@ -219,21 +324,13 @@ class Hierarchy:
             return index
         self.misses += 1
         if self.sink is not None:
-            self._emit(EventKind.MISS, key, None)
+            self._emit(_MISS, key, None)
         if nbytes is None:
             if self.block_bytes is None:
                 raise ValueError("access() needs nbytes when the hierarchy has no block_bytes")
             nbytes = self.block_bytes
         self._put_new(key, nbytes, position, parent, None)
         return -1
-
-    def run_trace(self, keys: Iterable[BlockHash], nbytes: int | None = None) -> int:
-        """Access every key in order (accounting-only); returns the number of hits."""
-        before = self.hits
-        access = self.access
-        for key in keys:
-            access(key, nbytes)
-        return self.hits - before
 
     def get(self, key: BlockHash, out: Any = None) -> tuple[Block, int] | None:
         """The block's exact bytes and the index of the tier that served it, or None (a miss).
@@ -269,7 +366,7 @@ class Hierarchy:
         counters.hits += 1
         counters.bytes_out += block.header.nbytes
         if self.sink is not None:
-            self._emit(EventKind.HIT, key, tier, nbytes=block.header.nbytes,
+            self._emit(_HIT, key, tier, nbytes=block.header.nbytes,
                        latency_s=time.perf_counter() - started)
         index = tier.index
         if index and self.promotion.on_hit:
@@ -423,7 +520,7 @@ class Hierarchy:
         if tier.store is None:
             return 0
         adopted = 0
-        for key in tier.store.keys():
+        for key in tier.store.keys():  # noqa: SIM118  (a store is not a dict)
             if key in self._loc:
                 continue
             nbytes = tier.store.size_of(key)
@@ -440,7 +537,7 @@ class Hierarchy:
     def _miss(self, key: BlockHash) -> None:
         self.misses += 1
         if self.sink is not None:
-            self._emit(EventKind.MISS, key, None)
+            self._emit(_MISS, key, None)
 
     def _put_new(
         self,
@@ -456,13 +553,15 @@ class Hierarchy:
                 tier.policy.resize(self._blocks_of(tier.capacity))
         if parent is not None and self.promotion.prefetch_depth:
             self._successor[parent] = key
-        index = self.placement.target(self.tiers, position, nbytes)
-        landed = self._insert(index, key, nbytes, block, EventKind.PUT)
+        index = self._fixed_target
+        if index is None:
+            index = self._placement.target(self.tiers, position, nbytes)
+        landed = self._insert(index, key, nbytes, block, _PUT)
         if landed is None:
             self.rejected += 1
             return None
         self.puts += 1
-        where = self._loc.get(key)
+        where = self._loc.get(key)  # a high-watermark pass may already have moved it on
         return None if where is None else where.index
 
     def _insert(
@@ -470,38 +569,51 @@ class Hierarchy:
         why: EventKind, source: Tier | None = None,
     ) -> Tier | None:
         """Put ``key`` into tier ``index``, falling down the hierarchy when a tier cannot take
-        it. Returns the tier it entered, or None when none could (the block is then gone)."""
+        it. Returns the tier it entered, or None when none could (the block is then gone).
+
+        This is the hot path of accounting-only replay: keep it flat."""
         tiers = self.tiers
+        demote_to = self._demote_to
         while index is not None:
             tier = tiers[index]
-            if (
-                nbytes > tier.capacity
-                or not tier.is_usable()
-                or not self._make_room(tier, nbytes, key)
-            ):
-                index = self.placement.demote_to(tiers, index)
-                continue
             store = tier.store
-            started = time.perf_counter() if store is not None else 0.0
+            if nbytes > tier.capacity or (store is not None and store.health is _DOWN):
+                index = demote_to[index]
+                continue
+            if tier.used + nbytes > tier.capacity:
+                if tier.pending_deletes:
+                    self._retry_deletes(tier)
+                evict = self._evict_one
+                while tier.used + nbytes > tier.capacity and evict(tier, key):
+                    pass
+                if tier.used + nbytes > tier.capacity:
+                    index = demote_to[index]
+                    continue
+            started = 0.0
             if store is not None:
                 if block is None:
                     raise TypeError(
                         f"tier {tier.name!r} stores bytes: put() a Block, not a bare key"
                     )
+                started = time.perf_counter()
                 try:
                     store.put(block)
                 except (StoreFull, StoreUnavailable) as exc:
                     tier.counters.errors += 1
                     self._emit_error(tier, key, f"put failed: {exc}")
-                    index = self.placement.demote_to(tiers, index)
+                    index = demote_to[index]
                     continue
-            self._attach(tier, key, nbytes)
+            self._loc[key] = tier
+            if nbytes != self.block_bytes:
+                self._odd_size[key] = nbytes
+            tier.used += nbytes
+            tier.blocks += 1
             tier.policy.insert(key)
             counters = tier.counters
             counters.bytes_in += nbytes
-            if why is EventKind.PUT:
+            if why is _PUT:
                 counters.placed += 1
-            elif why is EventKind.DEMOTE:
+            elif why is _DEMOTE:
                 counters.demotions_in += 1
             else:
                 counters.promotions_in += 1
@@ -543,14 +655,6 @@ class Hierarchy:
         tier.policy.remove(key)
         return self._detach(tier, key)
 
-    def _make_room(self, tier: Tier, nbytes: int, incoming: BlockHash) -> bool:
-        if tier.pending_deletes and tier.is_usable():
-            self._retry_deletes(tier)
-        while tier.used + nbytes > tier.capacity:
-            if not self._evict_one(tier, incoming):
-                return False
-        return True
-
     def _enforce_high(self, tier: Tier) -> None:
         if tier.used <= tier.high * tier.capacity:
             return
@@ -565,7 +669,7 @@ class Hierarchy:
         except LookupError:
             return False
         tier.counters.evictions += 1
-        destination = self.placement.demote_to(self.tiers, tier.index)
+        destination = self._demote_to[tier.index]
         block: Block | None = None
         if destination is not None and tier.store is not None:
             try:
@@ -574,16 +678,22 @@ class Hierarchy:
                 self._emit_error(tier, key, f"could not read victim to demote it: {exc}")
             if block is None:
                 destination = None
-        nbytes = self._detach(tier, key)
+        if tier.store is None:  # accounting only: the detach, inline (the replay hot path)
+            del self._loc[key]
+            nbytes = self._odd_size.pop(key, None) or self.block_bytes or 0
+            tier.used -= nbytes
+            tier.blocks -= 1
+        else:
+            nbytes = self._detach(tier, key)
         tier.counters.bytes_out += nbytes
         if destination is not None:
             tier.counters.demotions_out += 1
-            if self._insert(destination, key, nbytes, block, EventKind.DEMOTE, tier) is not None:
+            if self._insert(destination, key, nbytes, block, _DEMOTE, tier) is not None:
                 return True
         tier.counters.drops += 1
         self.drops += 1
         if self.sink is not None:
-            self._emit(EventKind.DROP, key, tier, nbytes=nbytes)
+            self._emit(_DROP, key, tier, nbytes=nbytes)
         return True
 
     def _promote(self, tier: Tier, key: BlockHash, block: Block | None) -> None:
@@ -602,10 +712,10 @@ class Hierarchy:
         nbytes = self._remove(tier, key)
         tier.counters.promotions_out += 1
         tier.counters.bytes_out += nbytes
-        if self._insert(destination, key, nbytes, block, EventKind.PROMOTE, tier) is None:
+        if self._insert(destination, key, nbytes, block, _PROMOTE, tier) is None:
             tier.counters.drops += 1
             self.drops += 1
-            self._emit(EventKind.DROP, key, tier, nbytes=nbytes, detail="promotion failed")
+            self._emit(_DROP, key, tier, nbytes=nbytes, detail="promotion failed")
 
     def _prefetch(self, key: BlockHash) -> None:
         successor = self._successor.get
@@ -625,7 +735,7 @@ class Hierarchy:
         tier.counters.drops += 1
         tier.counters.errors += 1
         self.drops += 1
-        self._emit(EventKind.DROP, key, tier, detail=reason)
+        self._emit(_DROP, key, tier, detail=reason)
 
     def _retry_deletes(self, tier: Tier) -> None:
         store = tier.store

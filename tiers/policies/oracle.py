@@ -32,29 +32,35 @@ class FutureOracle:
 
     def __init__(self, keys: Sequence[int] | np.ndarray) -> None:
         arr = np.asarray(keys, dtype=np.uint64 if _is_unsigned(keys) else np.int64)
-        self._keys: list[int] = arr.tolist()
-        self._next: list[int] = next_use_positions(arr).tolist()
+        #: the whole access sequence, and for each position the position of the next access to
+        #: the same key; replay loops may read these and advance inline (see ``advance``)
+        self.sequence: list[int] = arr.tolist()
+        self.next_positions: list[int] = next_use_positions(arr).tolist()
         self.position = 0
-        self._next_use: dict[int, int] = {}
+        #: next access position of every key accessed so far, as of ``position``
+        self.next_use_table: dict[int, int] = {}
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self.sequence)
 
     def advance(self, key: int) -> None:
         """Move past the access to ``key`` at the current position."""
         position = self.position
-        if position >= len(self._keys) or self._keys[position] != key:
-            expected = self._keys[position] if position < len(self._keys) else "end of sequence"
-            raise ValueError(
-                f"access {key} at position {position} does not match the oracle's sequence "
-                f"(expected {expected})"
-            )
-        self._next_use[key] = self._next[position]
+        if position >= len(self.sequence) or self.sequence[position] != key:
+            raise self.mismatch(key, position)
+        self.next_use_table[key] = self.next_positions[position]
         self.position = position + 1
+
+    def mismatch(self, key: int, position: int) -> ValueError:
+        expected = self.sequence[position] if position < len(self.sequence) else "end of sequence"
+        return ValueError(
+            f"access {key} at position {position} does not match the oracle's sequence "
+            f"(expected {expected})"
+        )
 
     def next_use(self, key: int) -> int:
         """Position of the key's next access (NEVER if none or if it was never accessed)."""
-        return self._next_use.get(key, NEVER)
+        return self.next_use_table.get(key, NEVER)
 
 
 def _is_unsigned(keys: Sequence[int] | np.ndarray) -> bool:

@@ -43,6 +43,10 @@ class PlacementPolicy(ABC):
     def target(self, tiers: Sequence[TierView], position: int, nbytes: int) -> int:
         """Index of the tier a new block goes to; ``position`` is its index within its prefix."""
 
+    def fixed_target(self, tiers: Sequence[TierView]) -> int | None:
+        """The tier every new block goes to when that never varies (None: ask ``target``)."""
+        return None
+
     def demote_to(self, tiers: Sequence[TierView], source: int) -> int | None:
         """Index of the tier that takes ``source``'s victims, or None to drop them."""
         return source + 1 if source + 1 < len(tiers) else None
@@ -61,6 +65,9 @@ class TopPlacement(PlacementPolicy):
     name = "top"
 
     def target(self, tiers: Sequence[TierView], position: int, nbytes: int) -> int:
+        return 0
+
+    def fixed_target(self, tiers: Sequence[TierView]) -> int | None:
         return 0
 
 
@@ -114,6 +121,9 @@ class OnlyPlacement(PlacementPolicy):
     def target(self, tiers: Sequence[TierView], position: int, nbytes: int) -> int:
         return self._index(tiers)
 
+    def fixed_target(self, tiers: Sequence[TierView]) -> int | None:
+        return self._index(tiers)
+
     def demote_to(self, tiers: Sequence[TierView], source: int) -> int | None:
         return None
 
@@ -147,7 +157,11 @@ STRATEGIES: tuple[str, ...] = (
     "lru-tiering",
 )
 
-_STRATEGY_KIND = {"local-only": ("dram",), "remote-only": ("remote", "numa"), "disk-only": ("disk",)}
+_STRATEGY_KIND = {
+    "local-only": ("dram",),
+    "remote-only": ("remote", "numa"),
+    "disk-only": ("disk",),
+}
 
 
 def placement_policy(name: str, tiers: Sequence[TierView] = ()) -> PlacementPolicy:
@@ -169,7 +183,8 @@ def placement_policy(name: str, tiers: Sequence[TierView] = ()) -> PlacementPoli
             policy._index(tiers)
         return policy
     raise ValueError(
-        f"unknown placement policy {name!r}; known: top, spill, selective-write[:N], only:TIER"
+        f"unknown placement policy {name!r}; "
+        "known: top, spill, selective-write[:N], only:TIER"
     )
 
 
