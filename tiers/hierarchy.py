@@ -257,6 +257,7 @@ class Hierarchy:
                   and 0 < size <= top.capacity)
         capacity, high = top.capacity, top.high * top.capacity
         top_hits = misses = placed = evicted = 0
+        used, blocks = top.used, top.blocks  # kept in locals; written back around slow calls
         for key in keys:
             if oracle is not None:
                 if position >= end or sequence[position] != key:
@@ -269,25 +270,31 @@ class Hierarchy:
                 touch(key)
                 top_hits += 1
                 continue
-            if tier is not None:
+            if tier is None:
+                misses += 1
+                if inline:
+                    while used + size > capacity:  # make room: victims leave the hierarchy
+                        del loc[victim(key)]
+                        used -= size
+                        blocks -= 1
+                        evicted += 1
+                    loc[key] = top
+                    used += size
+                    blocks += 1
+                    insert(key)
+                    placed += 1
+                    if used <= high:
+                        continue
+            top.used, top.blocks = used, blocks
+            if tier is None:
+                if inline:
+                    self._enforce_high(top)
+                else:
+                    put_new(key, size, 0, None, None)
+            else:
                 slow(key, size, 0, None)
-                continue
-            misses += 1
-            if not inline:
-                put_new(key, size, 0, None, None)
-                continue
-            while top.used + size > capacity:  # make room: victims leave the hierarchy
-                del loc[victim(key)]
-                top.used -= size
-                top.blocks -= 1
-                evicted += 1
-            loc[key] = top
-            top.used += size
-            top.blocks += 1
-            insert(key)
-            placed += 1
-            if top.used > high:
-                self._enforce_high(top)
+            used, blocks = top.used, top.blocks
+        top.used, top.blocks = used, blocks
         if oracle is not None:
             oracle.position = position
         counters = top.counters
