@@ -27,7 +27,7 @@ def chain_hash(parent: BlockHash | None, token_ids: Sequence[int] | np.ndarray) 
 
 
 def prefix_hashes(token_ids: Sequence[int] | np.ndarray, block_size: int) -> list[BlockHash]:
-    """The chained hashes of every full block of ``token_ids`` (a trailing partial block has none)."""
+    """The chained hashes of every full block of ``token_ids`` (a partial last block has none)."""
     tokens = np.asarray(token_ids, dtype=np.int64)
     hashes: list[BlockHash] = []
     parent: BlockHash | None = None

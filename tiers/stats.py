@@ -17,7 +17,7 @@ OPERATIONS = ("put", "get", "delete")
 class LatencyHistogram:
     """Counts of latencies in power-of-two nanosecond buckets."""
 
-    __slots__ = ("counts", "total", "sum_ns")
+    __slots__ = ("counts", "sum_ns", "total")
 
     def __init__(self) -> None:
         self.counts: list[int] = [0] * N_BUCKETS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tiertop.tiers.block import Block, BlockHash
 from tiertop.tiers.store import Buffer, TierStore, copy_into
 

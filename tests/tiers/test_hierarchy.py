@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from tests.tiers.conftest import DictStore, payload_block
 from tiertop.tiers.events import EventKind, ListSink
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
 from tiertop.tiers.policies.oracle import FutureOracle
 from tiertop.tiers.store import FaultKind
+
+from tests.tiers.conftest import DictStore, payload_block
 
 B = 64  # bytes per block in these tests
 
@@ -189,7 +189,8 @@ def test_down_tier_turns_gets_into_misses_and_puts_fall_through() -> None:
     assert all(h.locate(k) != 1 for k in range(100, 110))
     remote.clear_faults()
     found = h.get(in_remote[-1])
-    assert found is not None and bytes(found[0].view()) == bytes(payload_block(in_remote[-1], B).view())
+    assert found is not None
+    assert bytes(found[0].view()) == bytes(payload_block(in_remote[-1], B).view())
 
 
 def test_corrupt_block_is_a_miss_and_counted_as_drop() -> None:

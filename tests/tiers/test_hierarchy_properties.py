@@ -7,11 +7,11 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from tests.tiers.conftest import DictStore, payload_block
 from tiertop.tiers.events import EventKind, ListSink
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
 from tiertop.tiers.store import FaultKind
+
+from tests.tiers.conftest import DictStore, payload_block
 
 B = 32
 NAMES = ("dram", "remote", "disk")
