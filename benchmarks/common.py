@@ -75,7 +75,7 @@ def report(title: str, figures: Sequence[Figure], as_json: bool,
 
 
 def _fmt(value: float | int) -> str:
-    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1000:
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1000):
         return f"{int(value):,}"
     return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
 

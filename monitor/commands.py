@@ -38,6 +38,7 @@ __all__ = [
     "CONTROL_VERSION",
     "DEFAULT_CONTROL_ADDRESS",
     "FAULT_KINDS",
+    "MAX_DRILL_RACKS",
     "MAX_NAME_CHARS",
     "MAX_SLOW_DELAY_S",
     "AnyCommand",
@@ -58,6 +59,7 @@ __all__ = [
     "RequestError",
     "Resume",
     "SetCapacity",
+    "SetDrillDown",
     "SetEvictionPolicy",
     "SetPlacementPolicy",
     "SetPromotionPolicy",
@@ -81,6 +83,8 @@ DEFAULT_CONTROL_ADDRESS: Final = "tcp://127.0.0.1:5558"
 MAX_NAME_CHARS: Final = 128
 #: Longest per-operation delay a ``slow`` fault may add; longer would stall the runtime's loop.
 MAX_SLOW_DELAY_S: Final = 60.0
+#: Most racks one ``SetDrillDown`` may name (per-GPU detail is published for each, every tick).
+MAX_DRILL_RACKS: Final = 16
 #: The fault kinds a tier store knows (``tiertop.tiers.store.FaultKind``).
 FAULT_KINDS: Final = ("corrupt", "down", "full", "slow")
 
@@ -393,6 +397,28 @@ class SetSimSpeed(Command, frozen=True):
             raise InvalidCommand(f"simulation speed factor must be > 0, got {_num(self.factor)}")
 
 
+class SetDrillDown(Command, frozen=True):
+    """Ask a cluster simulator for per-GPU detail of these racks in every ``ClusterStats``
+    (an empty list: none). It changes what is published, not what is simulated, so a read-only
+    runtime accepts it too; the last one received wins for every reader. A runtime that is not
+    a cluster refuses it as ``unsupported``."""
+
+    mutating: ClassVar[bool] = False
+
+    racks: list[int]
+
+    def validate(self) -> None:
+        if len(self.racks) > MAX_DRILL_RACKS:
+            raise InvalidCommand(
+                f"drill-down names {len(self.racks)} racks; at most {MAX_DRILL_RACKS}"
+            )
+        for rack in self.racks:
+            if rack < 0:
+                raise InvalidCommand(f"rack id {rack} is negative; racks are numbered from 0")
+        if len(set(self.racks)) != len(self.racks):
+            raise InvalidCommand(f"drill-down names a rack twice: {self.racks}")
+
+
 class Ping(Command, frozen=True):
     """Liveness and round-trip check; answered by the runtime's loop like any command."""
 
@@ -414,6 +440,7 @@ AnyCommand = (
     | ClearFaults
     | Snapshot
     | SetSimSpeed
+    | SetDrillDown
     | Ping
 )
 
@@ -435,6 +462,7 @@ COMMANDS: Final[dict[str, type[Command]]] = {
         ClearFaults,
         Snapshot,
         SetSimSpeed,
+        SetDrillDown,
         Ping,
     )
 }

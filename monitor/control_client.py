@@ -53,6 +53,7 @@ from .commands import (
     Request,
     Resume,
     SetCapacity,
+    SetDrillDown,
     SetEvictionPolicy,
     SetPlacementPolicy,
     SetPromotionPolicy,
@@ -398,3 +399,7 @@ class ControlClient:
 
     def set_sim_speed(self, factor: float) -> Applied:
         return self.call(SetSimSpeed(factor))
+
+    def set_drill_down(self, racks: list[int]) -> Applied:
+        """Per-GPU detail for these racks in the cluster simulator's ``ClusterStats``."""
+        return self.call(SetDrillDown(list(racks)))

@@ -43,6 +43,7 @@ TOPIC_REQUESTS: Final = "tt.requests"
 TOPIC_CONTROL: Final = "tt.control"
 TOPIC_FAULTS: Final = "tt.faults"
 TOPIC_HEARTBEAT: Final = "tt.heartbeat"
+TOPIC_CLUSTER: Final = "tt.cluster"  # the cluster simulator's per-rack and per-GPU summaries
 #: Snapshots are never broadcast: they answer a request on the replay socket, under this topic.
 TOPIC_SNAPSHOT: Final = "tt.snapshot"
 #: Topics of tiertop's own messages start with this; any other topic carries vLLM KV event batches.
@@ -509,6 +510,93 @@ class Heartbeat(TelemetryMessage):
     queue_len: int = 0
 
 
+# ------------------------------------------------------------------------------------ cluster
+
+
+class RackSample(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """One rack of a simulated cluster at one tick, inside :class:`ClusterStats`.
+
+    Attributes:
+        rack: Rack id (0-based).
+        gpus: GPUs in the rack.
+        occupancy: Per tier kind (``"hbm"``, ``"dram"``, ``"pool"``, ``"ssd"``), the fraction
+            of the rack's capacity of that kind in use (0..1). Kinds the rack lacks are absent.
+        hits: Block lookups of requests served in this rack that found the block in some tier
+            (count, cumulative).
+        lookups: Block lookups of requests served in this rack (count, cumulative).
+        evictions: Blocks evicted from the rack's tiers, all kinds (count, cumulative).
+        load: Mean fraction of the GPUs' running-request KV memory in use (0..1).
+        queue: Requests waiting in the rack's GPU queues.
+        running: Requests being prefilled, transferred or decoded in the rack.
+        faults: Faults active on the rack's shared pool (``"down"``, ``"slow"``...).
+    """
+
+    rack: int = 0
+    gpus: int = 0
+    occupancy: dict[str, float] = msgspec.field(default_factory=dict)
+    hits: int = 0
+    lookups: int = 0
+    evictions: int = 0
+    load: float = 0.0
+    queue: int = 0
+    running: int = 0
+    faults: list[str] = msgspec.field(default_factory=list)
+
+
+class GpuSample(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """One GPU of a rack a reader drilled into, inside :class:`ClusterStats`.
+
+    Attributes:
+        gpu: GPU id (0-based, cluster-wide).
+        rack: Its rack id.
+        role: ``"colocated"`` (prefill and decode), ``"prefill"`` or ``"decode"``.
+        occupancy: Per tier kind of the GPU's own tiers (``"hbm"``, ``"dram"``, ``"ssd"``), the
+            fraction of its capacity in use (0..1).
+        hits: Block lookups of requests it served that hit some tier (count, cumulative).
+        lookups: Block lookups of requests it served (count, cumulative).
+        evictions: Blocks evicted from its own tiers (count, cumulative).
+        load: Fraction of its running-request KV memory in use (0..1).
+        queue: Requests waiting for it.
+        running: Requests it is prefilling, transferring or decoding.
+    """
+
+    gpu: int = 0
+    rack: int = 0
+    role: str = ""
+    occupancy: dict[str, float] = msgspec.field(default_factory=dict)
+    hits: int = 0
+    lookups: int = 0
+    evictions: int = 0
+    load: float = 0.0
+    queue: int = 0
+    running: int = 0
+
+
+class ClusterStats(TelemetryMessage):
+    """Per-tick summary of a simulated cluster (the simulator only). Topic ``tt.cluster``.
+
+    Tier totals across the cluster go in :class:`TierStats` as usual (one sample per tier kind);
+    this message adds the per-rack picture, and per-GPU detail for the racks a reader asked to
+    drill into (the ``SetDrillDown`` command). Counters are cumulative since the epoch.
+
+    Attributes:
+        tick: Tick number since the epoch started (the same as the TierStats of the tick).
+        interval_s: Message-clock (virtual) seconds since the previous ClusterStats.
+        racks: One :class:`RackSample` per rack, by rack id.
+        gpus: One :class:`GpuSample` per GPU of each drilled-into rack.
+        drill_racks: The racks whose GPUs are in ``gpus``.
+        sample_note: How the figures are sampled, in words (e.g. which requests a
+            RequestDone stands for).
+    """
+
+    tick: int = 0
+    interval_s: float = 0.0
+    racks: list[RackSample] = msgspec.field(default_factory=list)
+    gpus: list[GpuSample] = msgspec.field(default_factory=list)
+    drill_racks: list[int] = msgspec.field(default_factory=list)
+    sample_note: str = ""
+
+
 #: Every message type of the schema, one tagged union.
 AnyMessage = (
     Hello
@@ -520,6 +608,7 @@ AnyMessage = (
     | HealthChange
     | Snapshot
     | Heartbeat
+    | ClusterStats
 )
 
 MESSAGE_TYPES: Final[tuple[type[TelemetryMessage], ...]] = (
@@ -532,6 +621,7 @@ MESSAGE_TYPES: Final[tuple[type[TelemetryMessage], ...]] = (
     HealthChange,
     Snapshot,
     Heartbeat,
+    ClusterStats,
 )
 
 #: The topic each message type is published on.
@@ -545,6 +635,7 @@ TOPIC_OF: Final[dict[type[TelemetryMessage], str]] = {
     HealthChange: TOPIC_FAULTS,
     Snapshot: TOPIC_SNAPSHOT,
     Heartbeat: TOPIC_HEARTBEAT,
+    ClusterStats: TOPIC_CLUSTER,
 }
 
 #: Every topic tiertop's publisher uses, the vLLM-compatible one first.
@@ -557,6 +648,7 @@ TOPICS: Final[tuple[str, ...]] = (
     TOPIC_CONTROL,
     TOPIC_FAULTS,
     TOPIC_HEARTBEAT,
+    TOPIC_CLUSTER,
 )
 
 

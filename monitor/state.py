@@ -29,6 +29,9 @@ What it keeps, all bounded in memory:
 * **source and connection health** (:meth:`StateModel.source_health`).
 * **block residency** from vLLM-shaped block events (sets of block hashes per tier, capped),
   which is how sources that send no TierStats (real engines) still show occupancy.
+* **the cluster picture** from the simulator's ``ClusterStats``: per-rack occupancy, windowed
+  hit ratio and eviction rate, load, and per-GPU rows of drilled-into racks, as
+  :attr:`StateModel.cluster` (a :class:`~tiertop.monitor.cluster_state.ClusterView`).
 
 :meth:`StateModel.snapshot` returns all of it as plain, comparable data. This module never
 imports Textual.
@@ -49,7 +52,9 @@ import numpy as np
 import numpy.typing as npt
 from tiertop.tiers.stats import N_BUCKETS, bucket_mid_s
 
+from .cluster_state import ClusterFold, ClusterView
 from .protocol import (
+    ClusterStats,
     ControlChange,
     FaultEvent,
     HealthChange,
@@ -530,6 +535,9 @@ class StateModel:
         self.control_rtt_s: float | None = None
         self.control_rtt_at: float | None = None
 
+        # The cluster simulator's per-rack and per-GPU picture (see cluster_state).
+        self._cluster = ClusterFold(window_s=window_s)
+
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             KvEventBatch: self._on_kv,
             TierStats: self._on_stats,
@@ -541,6 +549,7 @@ class StateModel:
             Hello: self._on_hello,
             Heartbeat: self._on_heartbeat,
             Snapshot: self._on_snapshot,
+            ClusterStats: self._on_cluster,
         }
 
     # ================================================================================ folding
@@ -631,6 +640,7 @@ class StateModel:
             tier.resident = set()
             tier.resident_blocks = 0
             tier.faults = []
+        self._cluster.reset()
         latest = self.latest_time
         if latest is not None and clock + self._offset < latest:
             self._offset = latest - clock
@@ -956,6 +966,9 @@ class StateModel:
             tier.health_reason = m.reason
         self._log(t, m.clock, "health", tier=m.tier, item=m)
 
+    def _on_cluster(self, m: ClusterStats, t: float) -> None:
+        self._cluster.fold(m, t)
+
     def _on_snapshot(self, m: Snapshot, t: float) -> None:
         """Resync: learn hello, settings and residency; fold its stats as a new baseline (or,
         in the same run and newer than what was folded, as the tick it is: no count lost)."""
@@ -992,6 +1005,12 @@ class StateModel:
     def has_data(self) -> bool:
         """True once any message was folded."""
         return bool(self.messages)
+
+    @property
+    def cluster(self) -> ClusterView:
+        """The cluster simulator's racks and drilled-into GPUs (empty for other runtimes; the
+        shape is described in :mod:`tiertop.monitor.cluster_state`)."""
+        return self._cluster.view()
 
     @property
     def mode(self) -> str:
@@ -1256,7 +1275,8 @@ class StateModel:
         timeline), ``connection`` (:meth:`source_health`: depends on ``received_at``, ``now``
         and the subscriber, so leave it out when comparing a replay with the live run),
         ``service`` (:meth:`service_view`), ``tiers`` (:meth:`tier_view` of each, fastest
-        first), ``events`` and ``requests`` (as dicts), and with ``series`` a digest of every
+        first), ``events`` and ``requests`` (as dicts), ``cluster`` (:attr:`cluster` as plain
+        data), and with ``series`` a digest of every
         time-series level (rows stored, last bucket end, hash of the data).
         Undefined values are None (never NaN), so equal states compare equal.
         """
@@ -1280,6 +1300,7 @@ class StateModel:
             "tiers": [self.tier_view(name) for name in self._order],
             "events": [e.as_dict() for e in self._events],
             "requests": [r.as_dict() for r in self._requests.values()],
+            "cluster": self._cluster.view().as_dict(),
         }
         if series:
             digest: dict[str, list[dict[str, Any]]] = {}

@@ -61,6 +61,7 @@ from tiertop.monitor.commands import (
     RequestError,
     Resume,
     SetCapacity,
+    SetDrillDown,
     SetEvictionPolicy,
     SetPlacementPolicy,
     SetPromotionPolicy,
@@ -595,10 +596,15 @@ def _dispatch(command: Command, target: ControlTarget, read_only: bool) -> tuple
         return _label(tiers), *target.clear_faults(tiers)
     if isinstance(command, SetSimSpeed):
         return "clock", *target.set_sim_speed(command.factor)
+    if isinstance(command, SetDrillDown):
+        return "drill_down", *target.set_drill_down(list(command.racks))
     raise ControlError(ErrorCode.UNSUPPORTED, f"this runtime cannot apply {command.name}")
 
 
 def _tiers(selector: str, target: ControlTarget) -> list[str]:
+    own: Callable[[str], Sequence[str]] | None = getattr(target, "resolve_tier_selector", None)
+    if own is not None:  # a target with selectors of its own (see control_target)
+        return list(own(selector))
     return resolve_tiers(selector, target.describe_tiers())
 
 

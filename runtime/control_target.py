@@ -14,6 +14,10 @@ Contract of every mutating method:
 - ``old`` and ``new`` are plain data (None, bool, int, float, str, lists, str-keyed dicts) that
   say what changed; per-tier methods return dicts keyed by tier name, e.g.
   ``({"dram": {"high": 0.9, "low": 0.7}}, {"dram": {"high": 0.8, "low": 0.6}})``.
+
+Optional: a target may define ``resolve_tier_selector(selector) -> list[str]`` to resolve tier
+selectors itself (the cluster simulator accepts ``pool@3``, the pool of rack 3, besides the
+names :meth:`ControlTarget.describe_tiers` lists); without it :func:`resolve_tiers` is used.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "ControlTarget",
     "PolicyRole",
     "TierInfo",
+    "refuse_drill_down",
     "resolve_tiers",
 ]
 
@@ -95,9 +100,22 @@ class ControlTarget(Protocol):
     def set_sim_speed(self, factor: float) -> Change:
         """A wall-clock runtime raises ``ControlError(ErrorCode.UNSUPPORTED, ...)``."""
 
+    def set_drill_down(self, racks: Sequence[int]) -> Change:
+        """Publish per-GPU detail for these racks (``SetDrillDown``). Only a cluster has racks:
+        any other runtime raises ``ControlError(ErrorCode.UNSUPPORTED, ...)``, which
+        :func:`refuse_drill_down` does for it."""
+
     def snapshot(self) -> Any:
         """Publish a full snapshot on the telemetry stream; return what identifies it (e.g.
         its sequence number)."""
+
+
+def refuse_drill_down(racks: Sequence[int]) -> Change:
+    """``set_drill_down`` of a runtime that is not a cluster: always refused, nothing changes."""
+    raise ControlError(
+        ErrorCode.UNSUPPORTED,
+        "SetDrillDown needs the cluster simulator (tiertop sim); this runtime has no racks",
+    )
 
 
 def resolve_tiers(selector: str, tiers: Sequence[TierInfo]) -> list[str]:

@@ -25,6 +25,7 @@ from .health import Health
 from .policies.base import EvictionPolicy, eviction_policy
 from .policies.oracle import FutureOracle
 from .policies.placement import (
+    PlacementPolicy,
     placement_policy,
     promotion_policy,
     strategy,

@@ -44,6 +44,8 @@ EVERY_COMMAND: list[c.Command] = [
     c.Snapshot(),
     c.SetSimSpeed(10.0),
     c.SetSimSpeed(math.inf),
+    c.SetDrillDown([0, 7]),
+    c.SetDrillDown([]),
     c.Ping(),
 ]
 
@@ -80,7 +82,9 @@ def test_command_table_matches_the_union() -> None:
     union = set(typing.get_args(c.AnyCommand))
     assert union == set(c.COMMANDS.values())
     assert all(name == cls.__name__ for name, cls in c.COMMANDS.items())
-    assert {name for name, cls in c.COMMANDS.items() if not cls.mutating} == {"Ping", "Snapshot"}
+    assert {name for name, cls in c.COMMANDS.items() if not cls.mutating} == {
+        "Ping", "Snapshot", "SetDrillDown",
+    }
 
 
 def test_fault_kinds_match_the_tier_stores() -> None:

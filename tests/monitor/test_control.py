@@ -34,6 +34,7 @@ from tiertop.runtime.control_target import (
     ControlTarget,
     PolicyRole,
     TierInfo,
+    refuse_drill_down,
 )
 
 LOOPBACK = "tcp://127.0.0.1:0"
@@ -189,6 +190,10 @@ class FakeTarget:
                                "clock")
         old, self.sim_speed = self.sim_speed, factor
         return old, factor
+
+    def set_drill_down(self, racks: Sequence[int]) -> Change:
+        self._called("set_drill_down")
+        return refuse_drill_down(racks)
 
     def snapshot(self) -> Any:
         self._called("snapshot")
@@ -793,7 +798,8 @@ def test_public_api() -> None:
     public = {name for name in dir(ControlClient) if not name.startswith("_")}
     typed = {"ping", "snapshot", "set_watermarks", "set_capacity", "set_eviction_policy",
              "set_placement_policy", "set_promotion_policy", "set_workload", "pause", "resume",
-             "clear_tier", "clear_all", "inject_fault", "clear_faults", "set_sim_speed"}
+             "clear_tier", "clear_all", "inject_fault", "clear_faults", "set_sim_speed",
+             "set_drill_down"}
     assert public == typed | {"request", "call", "close"}
     assert len(typed) == len(c.COMMANDS)  # one typed method per command
 

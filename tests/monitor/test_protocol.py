@@ -35,11 +35,14 @@ from tiertop.monitor.protocol import (
     TOPIC_OF,
     TOPIC_SNAPSHOT,
     TOPICS,
+    ClusterStats,
     ControlChange,
     FaultEvent,
+    GpuSample,
     HealthChange,
     Heartbeat,
     Hello,
+    RackSample,
     RequestDone,
     ResidentSummary,
     Snapshot,
@@ -173,6 +176,18 @@ def _examples() -> list[TelemetryMessage]:
             topic_seqs={"kv-events": 10, "tt.stats": 3},
         ),
         Heartbeat(**ENVELOPE, topic_seqs={"kv-events": 10}, uptime_s=3.0, queue_len=2),
+        ClusterStats(
+            **ENVELOPE,
+            tick=3,
+            interval_s=0.25,
+            racks=[RackSample(rack=0, gpus=64, occupancy={"hbm": 0.5, "pool": 0.25}, hits=90,
+                              lookups=100, evictions=7, load=0.4, queue=3, running=12,
+                              faults=["down"])],
+            gpus=[GpuSample(gpu=1, rack=0, role="prefill", occupancy={"hbm": 0.75}, hits=9,
+                            lookups=10, evictions=1, load=0.5, queue=1, running=2)],
+            drill_racks=[0],
+            sample_note="per-GPU detail for rack 0",
+        ),
     ]
 
 

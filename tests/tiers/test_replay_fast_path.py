@@ -7,7 +7,6 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
 from tiertop.tiers.policies.oracle import FutureOracle
 
