@@ -1,0 +1,940 @@
+"""Online miss-ratio curves of the KV block access stream, with bounded memory (SHARDS).
+
+A miss-ratio curve (MRC) says, for every cache size, which fraction of accesses would miss; here
+it is reported as its complement, the hit ratio. :class:`MissRatioCurve` estimates it online:
+
+**LRU, exactly up to sampling: SHARDS** (Waldspurger, Park, Garthwaite, Ahmad, "Efficient MRC
+Construction with SHARDS", FAST 2015). A block is *sampled* when ``hash(key) mod P < T``, i.e.
+with rate ``R = T / P`` (``P = 2**64``; Fibonacci hashing, see :func:`hash64`); the choice
+depends on the key only, so a sampled block has *all* its accesses sampled (spatial sampling).
+For every sampled access the LRU stack distance within the sampled stream, ``d`` (distinct
+sampled blocks accessed since this block's previous access), is counted exactly, and ``d / R``
+goes into a histogram of distances; a block seen for the first time is a cold miss. An LRU
+cache of ``c`` blocks hits an access whose distance is below ``c``, so the sampled hit ratio at
+``c`` is the share of sampled accesses with ``d / R < c``. Distances are counted over
+access-time slots: a slot holds a mark while it is the last access of its block, and marks are
+also summed per chunk of 128 slots, so a distance is two short byte counts plus one sum over
+chunk totals (square-root decomposition; cheaper in Python than a Fenwick tree's three O(log n)
+loops).
+
+Two variants, as in the paper:
+
+* *fixed rate* (``max_keys=None``): ``R`` stays as given; memory grows with ``R x`` distinct
+  blocks.
+* *fixed size* (``max_keys=N``, the default): at most ``N`` sampled blocks are tracked. When one
+  more would be, the block with the largest hash leaves, ``T`` drops to its hash (so ``R``
+  drops), and the histogram is rescaled by ``R_new / R_old`` (a lazy scale factor: O(1)).
+  Memory is bounded by ``N`` whatever the stream.
+
+Normalisation. The accesses of the sampled blocks are rarely exactly ``R`` of all accesses: a
+very hot block that happens to be sampled (or not) moves the sample's share by whole percent.
+When every access is offered (:meth:`MissRatioCurve.access` / ``access_many``), the estimator
+knows the expected sample size ``E = accesses x R`` and corrects the difference ``E - S``
+between it and the sampled count ``S``:
+
+* ``adjusted`` (the paper's SHARDS-adj): the difference counts as hits at distance 0, right when
+  the difference comes from hot blocks (which hit at any size), wrong for blocks that are merely
+  frequent (a loop over many blocks);
+* ``regression`` (the default): the difference hits at size ``c`` with probability
+  ``beta(c)``, the hit ratio of the sample weighted by each block's access count (a regression
+  estimator with the access count as auxiliary variable), so it behaves like ``adjusted`` when
+  the excess is hot blocks and like the plain ratio when it is not;
+* ``sampled``: the plain ratio ``hits / S`` (the only choice when only sampled accesses are known,
+  as on the telemetry path below).
+
+Accuracy depends on how many blocks the sample holds (a few thousand for +-0.02), cost on how
+many accesses it processes; see ``docs/planner.md`` for the measured figures and
+``benchmarks/mrc.py`` to measure them.
+
+**Other eviction policies: mini-simulation** (the same paper, section 6): for each policy and
+size asked for (``policies={"s3fifo": [sizes...]}``) a cache of the tier library's policy
+(:func:`tiertop.tiers.policies.base.eviction_policy`) with capacity ``round(size x R_s)`` is run
+on the stream sampled at ``R_s = max(rate, sim_min_blocks / size)`` (so no mini-cache holds fewer
+than ``sim_min_blocks`` blocks); its hit ratio estimates that policy's at ``size``. Between the
+simulated sizes the curve is interpolated linearly.
+
+**From telemetry** (:class:`MrcTracker`): the curve is folded from the same decoded messages the
+state model sees. vLLM-shaped block events say where blocks *are*, not when they are *used*, so
+an access is defined from them as follows (per block hash ``h``, events in stream order; only
+sampled hashes are tracked, so the bookkeeping is bounded like the sample):
+
+* ``BlockStored(h, T)`` is an access of ``h`` when ``h`` was held by no tier (a newly computed
+  block: the access that missed), when ``T`` already held ``h`` (a re-store: a producer reporting
+  a hit), or when ``T`` is faster than every tier that held ``h`` (a promotion or a load into a
+  faster tier: a hit served from below). "Held" includes the tier ``h`` was removed from by the
+  immediately preceding event, so a move (``BlockRemoved(h, F)`` then ``BlockStored(h, T)``, how
+  tiertop publishes promotions and demotions) counts when it goes up and not when it goes down.
+  A store into a slower tier while a faster one holds the block (vLLM's CPU offload copy) is not
+  an access.
+* ``BlockRemoved`` and ``AllBlocksCleared`` are never accesses; they only update where blocks are
+  (``BlockRemoved`` with no hashes clears its tier, tiertop's tier-wide clear).
+* Tier speed order comes from ``Hello.topology.tier_order``, else the canonical order
+  ``gpu, cpu, cpu2, numa, remote, disk, external``, else order of first appearance.
+
+A hit in the fastest tier moves no block, so vLLM-shaped streams carry no event for it: the
+curve folded from telemetry is the curve of the accesses the events reveal (with tiertop's
+default placement and promotion: the fastest tier's misses). :attr:`MrcTracker.coverage` compares
+them with the lookups the runtime counts in ``TierStats``. For the full stream, feed the estimator
+where the lookups happen (:class:`MrcSink` on the hierarchy's event sink, or ``access_many``).
+
+Everything here is deterministic (hash-based sampling, seeded policies) and never imports Textual.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from tiertop.tiers.events import EventKind, TierEvent
+from tiertop.tiers.policies.base import EvictionPolicy, eviction_policy
+
+from .protocol import Hello, Snapshot, TierStats
+from .vllm_events import AllBlocksCleared, BlockRemoved, KvEventBatch
+
+__all__ = [
+    "CANONICAL_TIER_ORDER",
+    "MissRatioCurve",
+    "MrcSink",
+    "MrcTracker",
+    "TierCapacity",
+    "WhatIf",
+    "hash64",
+    "hash64_array",
+]
+
+FloatArray = npt.NDArray[np.float64]
+U64Array = npt.NDArray[np.uint64]
+
+_MASK64: Final = (1 << 64) - 1
+_P: Final = float(1 << 64)
+_C1: Final = 0xBF58476D1CE4E5B9
+_GOLDEN: Final = 0x9E3779B97F4A7C15
+_CHUNK_BITS: Final = 7  # 128 slots per chunk
+_SLOT_BITS: Final = 40
+_SLOT_MASK: Final = (1 << _SLOT_BITS) - 1
+
+#: Default sampling rate and sample size (see docs/planner.md for the measured trade-off).
+DEFAULT_RATE: Final = 0.02
+DEFAULT_MAX_KEYS: Final = 16384
+
+#: How the sample is normalised (see :class:`MissRatioCurve`).
+CORRECTIONS: Final = ("regression", "adjusted", "sampled")
+
+#: Tier order assumed when the stream does not say (vLLM/SGLang names after normalisation).
+CANONICAL_TIER_ORDER: Final = ("gpu", "cpu", "cpu2", "numa", "remote", "disk", "external")
+
+
+# ------------------------------------------------------------------------------------ hashing
+
+
+def _seed_word(seed: int) -> int:
+    return (seed * _C1) & _MASK64
+
+
+def hash64(key: int, seed: int = 0) -> int:
+    """The sampling hash: Fibonacci (multiplicative) hashing of ``key ^ seed_word``.
+
+    Sampling compares the hash with a threshold, i.e. reads its top bits; the top bits of
+    ``k x 2**64/phi mod 2**64`` are uniform for random keys (block hashes are xxh3 or sha256
+    digests) and evenly spread for any arithmetic progression of keys (the three-distance
+    theorem), at one multiplication per key.
+    """
+    return ((key ^ _seed_word(seed)) * _GOLDEN) & _MASK64
+
+
+def hash64_array(keys: U64Array, seed: int = 0) -> U64Array:
+    """:func:`hash64` of every key (uint64 multiplication wraps, as the scalar version masks)."""
+    out: U64Array = np.bitwise_xor(keys, np.uint64(_seed_word(seed)))
+    np.multiply(out, np.uint64(_GOLDEN), out=out)
+    return out
+
+
+def key_int(key: Any) -> int:
+    """A block hash as a 64-bit unsigned int (vLLM's bytes digests: their first 8 bytes)."""
+    if isinstance(key, int):
+        return key & _MASK64
+    if isinstance(key, bytes | bytearray | memoryview):
+        return int.from_bytes(bytes(key[:8]), "little")
+    raise TypeError(f"a block hash must be an int or bytes, not {type(key).__name__}")
+
+
+def as_keys(keys: Iterable[Any] | npt.NDArray[Any]) -> U64Array:
+    """Block hashes as a uint64 array (fast path for ints and uint64 arrays)."""
+    if isinstance(keys, np.ndarray):
+        if keys.dtype == np.uint64:
+            return keys
+        if keys.dtype.kind in "iu":
+            return keys.astype(np.uint64)
+    seq = keys if isinstance(keys, list) else list(keys)
+    try:
+        return np.array(seq, dtype=np.uint64)
+    except (OverflowError, TypeError, ValueError):
+        return np.array([key_int(k) for k in seq], dtype=np.uint64)
+
+
+# ------------------------------------------------------------------------------ the estimator
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """What a tier's hit ratio would be at another capacity (from the curve).
+
+    ``hit_ratio`` is the tier's share of all accesses: in an exclusive hierarchy of LRU tiers
+    that demotes victims and promotes on hit, the tiers together behave as one LRU cache of their
+    summed capacity, so a tier with ``above_blocks`` of faster tiers above it serves
+    ``h(above + c) - h(above)`` of all accesses (``cumulative`` is ``h(above + c)``).
+    """
+
+    tier: str
+    policy: str
+    capacity_blocks: int
+    new_capacity_blocks: int
+    factor: float
+    above_blocks: int
+    hit_ratio: float
+    new_hit_ratio: float
+    cumulative: float
+    new_cumulative: float
+
+    def text(self) -> str:
+        name = self.tier or "the cache"
+        if self.factor >= 1:
+            size = "twice as large" if self.factor == 2 else f"{self.factor:g}x as large"
+        else:
+            size = "half as large" if self.factor == 0.5 else f"{self.factor:g}x its size"
+        out = (
+            f"if {name} were {size} ({self.capacity_blocks:,} -> "
+            f"{self.new_capacity_blocks:,} blocks), its hit ratio would go from "
+            f"{self.hit_ratio:.2f} to {self.new_hit_ratio:.2f}"
+        )
+        if self.above_blocks:
+            out += (f" (all tiers down to it: {self.cumulative:.2f} -> "
+                    f"{self.new_cumulative:.2f})")
+        return out
+
+
+class _MiniCache:
+    """One mini-simulation: a policy at a scaled capacity on a sub-sampled stream."""
+
+    __slots__ = ("capacity", "hits", "misses", "policy", "policy_name", "rate", "size",
+                 "threshold")
+
+    def __init__(self, policy_name: str, size: int, rate: float, seed: int) -> None:
+        self.policy_name = policy_name
+        self.size = size
+        self.rate = rate
+        self.threshold = min(int(rate * _P), _MASK64 + 1)
+        self.capacity = max(1, round(size * rate))
+        options: dict[str, Any] = {"seed": seed} if policy_name == "random" else {}
+        self.policy: EvictionPolicy = eviction_policy(policy_name, self.capacity, **options)
+        self.hits = 0
+        self.misses = 0
+
+    def access(self, key: int) -> None:
+        policy = self.policy
+        if key in policy:
+            policy.touch(key)
+            self.hits += 1
+            return
+        self.misses += 1
+        capacity = self.capacity
+        while len(policy) >= capacity:
+            policy.victim(key)
+        policy.insert(key)
+
+
+class MissRatioCurve:
+    """SHARDS miss-ratio-curve estimator (LRU) with optional mini-simulations of other policies.
+
+    Args:
+        rate: Sampling rate ``R`` (0 < R <= 1); with ``max_keys`` it is the starting rate.
+        max_keys: Most sampled blocks tracked (fixed-size SHARDS); None: fixed rate, unbounded.
+        seed: Salt of the sampling hash (another seed samples other blocks).
+        policies: Policy name -> cache sizes (blocks) to mini-simulate; any policy of the tier
+            library except ``belady`` (which needs the future) and ``lru`` (exact here already).
+        sim_min_blocks: Smallest capacity of a mini-cache (raises its sampling rate for small
+            sizes).
+        max_bins: Histogram bins; beyond them bins are merged in pairs (resolution halves).
+        correction: How the sample is normalised when every access is offered: ``regression``
+            (default), ``adjusted`` (SHARDS-adj) or ``sampled`` (plain ratio); see the module
+            docstring. Feeding through :meth:`sampled_access` forces ``sampled``.
+        on_evict: Called with a block hash when fixed-size sampling stops tracking it.
+
+    Cost per offered access: one hash and compare (vectorised in :meth:`access_many`); per
+    sampled access, a dict lookup, a short byte count and a few list updates (distances are
+    counted over slot chunks: O(sqrt(slots)) worst case, O(1) for recent blocks) and one policy
+    operation per mini-cache that samples it.
+    """
+
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE,
+        max_keys: int | None = DEFAULT_MAX_KEYS,
+        *,
+        seed: int = 0,
+        policies: Mapping[str, Sequence[int]] | None = None,
+        sim_min_blocks: int = 32,
+        max_bins: int = 4096,
+        correction: str = "regression",
+        on_evict: Callable[[int], None] | None = None,
+    ) -> None:
+        if not 0 < rate <= 1:
+            raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
+        if max_keys is not None and max_keys < 16:
+            raise ValueError(f"max_keys must be at least 16 (or None), got {max_keys}")
+        if max_bins < 16:
+            raise ValueError(f"max_bins must be at least 16, got {max_bins}")
+        if correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, "
+                             f"got {correction!r}")
+        self.initial_rate = rate
+        self.max_keys = max_keys
+        self._max_live = max_keys if max_keys is not None else 1 << 62
+        self.seed = seed
+        self.correction = correction
+        self.on_evict = on_evict
+        self._threshold = min(int(rate * _P), _MASK64 + 1)
+        # Sampled blocks: key -> slot of its last access (and its access count, packed). A slot
+        # holds a mark (1) while it is the last access of its block; marks are also counted per
+        # chunk of 2**_CHUNK_BITS slots (square-root decomposition), so a distance costs two
+        # short byte counts and one sum over chunk totals.
+        self._last: dict[int, int] = {}
+        self._heap: list[tuple[int, int]] = []  # (-hash, key) of tracked blocks (max-hash first)
+        self._live = 0
+        self._size = 1 << 12
+        self._marks = bytearray(self._size)
+        self._blocks = [0] * (self._size >> _CHUNK_BITS)
+        self._clock = 0
+        # Histogram of scaled distances d / R, ``_width`` blocks per bin, in raw units: the
+        # true count is raw x ``_scale`` (fixed-size rescaling is one multiplication).
+        self._max_bins = max_bins
+        self._bins: list[float] = [0.0] * max_bins
+        # The same histogram with each access weighted by its ordinal within its block (1 for
+        # the first access, 2 for the second...): the hit ratio of the sample's hot blocks,
+        # which the regression correction uses (see ``curve``).
+        self._hot_bins: list[float] = [0.0] * max_bins
+        self._hot_total = 0.0
+        self._width = 1.0
+        self._scale = 1.0
+        self._unit = 1.0
+        self._cold = 0.0
+        self._bin_per_distance = 0.0
+        self._rebin()
+        self.accesses = 0  # offered accesses (access / access_many)
+        self.sampled = 0  # sampled accesses processed (unscaled count)
+        self._sims: list[_MiniCache] = []
+        self.policies: dict[str, list[int]] = {}
+        for name, sizes in (policies or {}).items():
+            if name == "lru":
+                raise ValueError("lru needs no mini-simulation: SHARDS gives its curve")
+            if name == "belady":
+                raise ValueError("belady needs the future: it cannot be simulated online")
+            clean = sorted({int(s) for s in sizes})
+            if not clean or clean[0] < 1:
+                raise ValueError(f"policy {name}: sizes must be >= 1 blocks, got {list(sizes)}")
+            self.policies[name] = clean
+            for size in clean:
+                sim_rate = min(1.0, max(rate, sim_min_blocks / size))
+                self._sims.append(_MiniCache(name, size, sim_rate, seed))
+        self._sims.sort(key=lambda s: -s.threshold)
+        self._sim_threshold = self._sims[0].threshold if self._sims else 0
+
+    # ------------------------------------------------------------------------ properties
+
+    @property
+    def rate(self) -> float:
+        """The current LRU sampling rate (drops over time with ``max_keys``)."""
+        return self._threshold / _P
+
+    @property
+    def threshold(self) -> int:
+        """Largest hash any part of the estimator still samples (exclusive bound)."""
+        return max(self._threshold, self._sim_threshold)
+
+    @property
+    def max_distance(self) -> float:
+        """Upper edge (blocks) of the highest non-empty distance bin: sizes beyond it gain
+        nothing."""
+        for b in range(len(self._bins) - 1, -1, -1):
+            if self._bins[b]:
+                return (b + 1) * self._width
+        return 0.0
+
+    @property
+    def tracked_keys(self) -> int:
+        return self._live
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._last
+
+    # -------------------------------------------------------------------------- feeding
+
+    def access(self, key: int) -> None:
+        """One access of block ``key`` (an int; see :func:`key_int` for other hash types)."""
+        self.accesses += 1
+        hv = hash64(key, self.seed)
+        if hv < self._threshold or hv < self._sim_threshold:
+            self._sample([key & _MASK64], [hv])
+
+    def access_many(self, keys: Iterable[Any] | npt.NDArray[Any]) -> None:
+        """Accesses in order (vectorised hashing: the unsampled ones cost a few ns each)."""
+        arr = as_keys(keys)
+        if not arr.size:
+            return
+        self.accesses += int(arr.size)
+        hv = hash64_array(arr, self.seed)
+        picked = np.flatnonzero(hv < np.uint64(min(self.threshold, _MASK64)))
+        if picked.size:
+            self._sample(arr[picked].tolist(), hv[picked].tolist())
+
+    def sampled_access(self, key: int, hv: int) -> None:
+        """An access the caller already knows is sampled (``hv = hash64(key, seed)`` below
+        :attr:`threshold`) without offering the unsampled ones: normalisation then uses the
+        sampled count."""
+        self.correction = "sampled"
+        self._sample([key], [hv])
+
+    def _sample(self, keys: list[int], hashes: list[int]) -> None:
+        self._lru(keys, hashes)
+        if self._sims:
+            sims = self._sims
+            top = self._sim_threshold
+            for key, hv in zip(keys, hashes, strict=True):
+                if hv < top:
+                    for sim in sims:
+                        if hv >= sim.threshold:
+                            break
+                        sim.access(key)
+
+    def _lru(self, keys: list[int], hashes: list[int]) -> None:
+        """The SHARDS step for sampled accesses in order (locals cached: this is the hot loop).
+
+        ``_last[key]`` packs the slot of the block's last access (low 40 bits) with its access
+        count (high bits).
+        """
+        last_of = self._last
+        marks = self._marks
+        blocks = self._blocks
+        bins = self._bins
+        hot_bins = self._hot_bins
+        heap = self._heap
+        push = heapq.heappush
+        clock = self._clock
+        size = self._size
+        live = self._live
+        unit = self._unit  # one access in raw histogram units (1 / scale)
+        per = self._bin_per_distance
+        max_bins = self._max_bins
+        threshold = self._threshold
+        max_live = self._max_live
+        hot_total = 0.0
+        cold = 0.0
+        n = 0
+        for key, hv in zip(keys, hashes, strict=True):
+            if hv >= threshold:
+                continue
+            n += 1
+            packed = last_of.get(key)
+            if packed is None:
+                cold += unit
+                hot_total += unit
+                push(heap, (-hv, key))
+                live += 1
+                count = 1
+            else:
+                last = packed & _SLOT_MASK
+                count = (packed >> _SLOT_BITS) + 1
+                weight = count * unit
+                hot_total += weight
+                # Distinct sampled blocks accessed since = marks in (last, clock): byte counts
+                # in the two partial chunks plus the chunk totals in between.
+                a = last + 1
+                ca = a >> _CHUNK_BITS
+                cb = clock >> _CHUNK_BITS
+                if ca == cb:
+                    d = marks.count(1, a, clock)
+                else:
+                    d = (marks.count(1, a, (ca + 1) << _CHUNK_BITS) + sum(blocks[ca + 1:cb])
+                         + marks.count(1, cb << _CHUNK_BITS, clock))
+                marks[last] = 0
+                blocks[last >> _CHUNK_BITS] -= 1
+                b = int(d * per)
+                if b >= max_bins:
+                    b = self._coarsen_for(d)
+                    bins, hot_bins, per = self._bins, self._hot_bins, self._bin_per_distance
+                bins[b] += unit
+                hot_bins[b] += weight
+            marks[clock] = 1
+            blocks[clock >> _CHUNK_BITS] += 1
+            last_of[key] = clock | (count << _SLOT_BITS)
+            clock += 1
+            if clock >= size or live > max_live:
+                self._clock, self._live = clock, live
+                self._cold += cold
+                self._hot_total += hot_total
+                cold = hot_total = 0.0
+                if clock >= size:
+                    self._compact()
+                if self._live > max_live:
+                    self._shrink()
+                last_of, marks, blocks = self._last, self._marks, self._blocks
+                clock, size, threshold = self._clock, self._size, self._threshold
+                unit, per, live = self._unit, self._bin_per_distance, self._live
+        self._clock = clock
+        self._live = live
+        self._cold += cold
+        self._hot_total += hot_total
+        self.sampled += n
+
+    def _coarsen_for(self, d: int) -> int:
+        """Merge bins in pairs until sampled distance ``d`` has a bin; returns that bin."""
+        b = int(d * self._bin_per_distance)
+        while b >= self._max_bins:
+            self._coarsen()
+            b = int(d * self._bin_per_distance)
+        return b
+
+    def _rebin(self) -> None:
+        # bins hold scaled distances d / R in blocks, ``_width`` blocks per bin
+        self._bin_per_distance = _P / self._threshold / self._width
+
+    def _coarsen(self) -> None:
+        for name in ("_bins", "_hot_bins"):
+            bins = getattr(self, name)
+            half = [bins[i] + bins[i + 1] for i in range(0, len(bins) - 1, 2)]
+            setattr(self, name, half + [0.0] * (self._max_bins - len(half)))
+        self._width *= 2
+        self._rebin()
+
+    def _compact(self) -> None:
+        """Renumber the live slots 0..live-1 (oldest first), growing the slot space when more
+        than half of it is live."""
+        order = sorted(self._last.items(), key=lambda kv: kv[1] & _SLOT_MASK)
+        live = len(order)
+        size = self._size
+        while live * 2 > size:
+            size *= 2
+        self._size = size
+        self._marks = bytearray(b"\x01" * live) + bytearray(size - live)
+        chunk = 1 << _CHUNK_BITS
+        self._blocks = [min(chunk, max(0, live - c * chunk)) for c in range(size // chunk)]
+        high = ~_SLOT_MASK
+        self._last = {key: slot | (packed & high) for slot, (key, packed) in enumerate(order)}
+        self._clock = live
+
+    def _shrink(self) -> None:
+        """Fixed-size SHARDS: drop the largest-hash blocks, lower the threshold, rescale."""
+        old = self._threshold
+        heap = self._heap
+        new = old
+        while self._live > (self.max_keys or 0) or (heap and -heap[0][0] >= new):
+            neg, key = heapq.heappop(heap)
+            new = min(new, -neg)
+            slot = self._last.pop(key) & _SLOT_MASK
+            self._marks[slot] = 0
+            self._blocks[slot >> _CHUNK_BITS] -= 1
+            self._live -= 1
+            if self.on_evict is not None:
+                self.on_evict(key)
+        if new < old:
+            self._threshold = new
+            self._scale *= new / old
+            self._unit = 1.0 / self._scale
+            self._rebin()
+
+    # -------------------------------------------------------------------------- reading
+
+    def _sampled_total(self) -> float:
+        """Sampled accesses in true (current-rate) units: cold ones plus the histogram."""
+        return (self._cold + math.fsum(self._bins)) * self._scale
+
+    def _expected(self) -> float:
+        """Accesses the sample should hold at the current rate (needs every access offered)."""
+        return self.accesses * self.rate
+
+    def _uses_expected(self) -> bool:
+        return self.correction != "sampled" and self.accesses > 0
+
+    def max_hit_ratio(self) -> float:
+        """Hit ratio of an unbounded LRU cache (every access but the cold ones)."""
+        return float(self.curve([math.inf])[0]) if self.sampled else 0.0
+
+    def _cumulative(self, bins: list[float], x: FloatArray) -> FloatArray:
+        counts = np.asarray(bins, dtype=np.float64)
+        cum = np.concatenate(([0.0], np.cumsum(counts)))
+        pos = np.clip(x / self._width, 0.0, float(len(counts)))
+        whole = np.floor(pos).astype(np.int64)
+        frac = pos - whole
+        nxt = np.minimum(whole + 1, len(counts))
+        out: FloatArray = cum[whole] + (cum[nxt] - cum[whole]) * frac
+        return out
+
+    def curve(self, sizes: Sequence[float] | npt.NDArray[Any], policy: str = "lru") -> FloatArray:
+        """Estimated hit ratio at each cache size (blocks) for ``policy``.
+
+        LRU comes from the SHARDS histogram (linear within a bin) and the correction; other
+        policies from their mini-simulations, interpolated between the simulated sizes
+        (clamped beyond them).
+        """
+        x = np.asarray(sizes, dtype=np.float64)
+        if policy != "lru":
+            return self._sim_curve(x, policy)
+        sampled = self._sampled_total()
+        if sampled <= 0:
+            return np.zeros_like(x)
+        hits = self._cumulative(self._bins, x) * self._scale
+        if self._uses_expected():
+            expected = self._expected()
+            if self.correction == "adjusted":
+                beta: FloatArray | float = 1.0
+            else:
+                beta = self._cumulative(self._hot_bins, x) / self._hot_total
+            out: FloatArray = (hits + beta * (expected - sampled)) / expected
+        else:
+            out = hits / sampled
+        out = np.clip(out, 0.0, 1.0)
+        out[x <= 0] = 0.0
+        return out
+
+    def _sim_curve(self, x: FloatArray, policy: str) -> FloatArray:
+        sims = sorted((s for s in self._sims if s.policy_name == policy), key=lambda s: s.size)
+        if not sims:
+            known = ", ".join(["lru", *self.policies]) or "lru"
+            raise ValueError(f"no curve for policy {policy!r}; this estimator has: {known}")
+        xs = [0.0]
+        ys = [0.0]
+        for sim in sims:
+            seen = sim.hits + sim.misses
+            xs.append(float(sim.size))
+            ys.append(sim.hits / seen if seen else 0.0)
+        out: FloatArray = np.interp(x, xs, ys)
+        return out
+
+    def hit_ratio(self, size: float, policy: str = "lru") -> float:
+        return float(self.curve([size], policy)[0])
+
+    def what_if(
+        self,
+        tier_capacity_blocks: int,
+        factor: float,
+        *,
+        above_blocks: int = 0,
+        policy: str = "lru",
+        tier: str = "",
+    ) -> WhatIf:
+        """The tier's hit ratio now and with its capacity multiplied by ``factor``.
+
+        Args:
+            tier_capacity_blocks: The tier's (effective) capacity in blocks.
+            factor: Capacity multiplier (2.0: twice as large).
+            above_blocks: Summed capacity of the faster tiers above it (0 for the top tier).
+            policy: Curve to read.
+            tier: Name for the text.
+        """
+        if factor <= 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        cap = int(tier_capacity_blocks)
+        new = max(0, round(cap * factor))
+        h0, h1, h2 = self.curve([above_blocks, above_blocks + cap, above_blocks + new], policy)
+        return WhatIf(
+            tier=tier, policy=policy, capacity_blocks=cap, new_capacity_blocks=new,
+            factor=factor, above_blocks=int(above_blocks),
+            hit_ratio=float(h1 - h0), new_hit_ratio=float(h2 - h0),
+            cumulative=float(h1), new_cumulative=float(h2),
+        )
+
+    def memory_bytes(self) -> int:
+        """Rough bytes held (dict and heap entries, tree, bins, mini-caches)."""
+        per_key = 100 + 72  # dict entry with two ints, heap tuple
+        sims = sum(s.capacity * 120 for s in self._sims)
+        slots = self._size + 8 * (self._size >> _CHUNK_BITS)
+        return self._live * per_key + slots + 8 * self._max_bins + sims
+
+    def summary(self) -> dict[str, Any]:
+        """Plain figures for views and JSON output."""
+        return {
+            "accesses": self.accesses,
+            "sampled": self.sampled,
+            "rate": self.rate,
+            "initial_rate": self.initial_rate,
+            "max_keys": self.max_keys,
+            "tracked_keys": self._live,
+            "correction": self.correction,
+            "estimated_accesses": (
+                self.accesses if self._uses_expected()
+                else round(self._sampled_total() / self.rate)
+            ),
+            "max_hit_ratio": self.max_hit_ratio(),
+            "max_distance_blocks": self.max_distance,
+            "policies": {k: list(v) for k, v in self.policies.items()},
+            "memory_bytes": self.memory_bytes(),
+        }
+
+
+# ------------------------------------------------------------------- feeding from the tiers
+
+
+class MrcSink:
+    """An event sink for the tier hierarchy: every lookup (hit or miss) is one access.
+
+    Attach it where the runtime attaches its sink (chain it with the telemetry sink with
+    ``forward``); hierarchy ``get``/``access`` emit exactly one HIT or MISS per lookup.
+    """
+
+    def __init__(self, curve: MissRatioCurve, forward: Any = None) -> None:
+        self.curve = curve
+        self.forward = forward
+
+    def emit(self, event: TierEvent) -> None:
+        kind = event.kind
+        if (kind is EventKind.HIT or kind is EventKind.MISS) and event.key is not None:
+            self.curve.access(event.key)
+        if self.forward is not None:
+            self.forward.emit(event)
+
+
+# -------------------------------------------------------------------- feeding from telemetry
+
+
+@dataclass(frozen=True)
+class TierCapacity:
+    """A tier as the curve needs it: name, capacity in blocks, watermarks (fastest first)."""
+
+    name: str
+    capacity_blocks: int
+    high: float = 1.0
+    low: float = 1.0
+
+    @property
+    def effective_blocks(self) -> int:
+        """Blocks a tier evicting between its watermarks holds on average: (high + low) / 2."""
+        return int(self.capacity_blocks * (self.high + self.low) / 2)
+
+
+class MrcTracker:
+    """Folds decoded telemetry into a :class:`MissRatioCurve` (see the module docstring for how
+    block events become accesses) and keeps the tier capacities to mark on it.
+
+    Args:
+        curve: The estimator (default: ``MissRatioCurve()``); its ``on_evict`` is taken over.
+        tier_order: Tier names fastest first, when the stream's Hello will not say.
+    """
+
+    def __init__(self, curve: MissRatioCurve | None = None, *,
+                 tier_order: Sequence[str] = ()) -> None:
+        self.curve = curve if curve is not None else MissRatioCurve()
+        self.curve.correction = "sampled"
+        self.curve.on_evict = self._forget
+        self._rank: dict[str, int] = {}
+        self.tier_order: list[str] = []
+        self.set_tier_order(tier_order)
+        self._where: dict[int, set[str]] = {}
+        self._last_removed: tuple[int, str, int] | None = None  # (key, tier, position)
+        self._position = 0
+        self.block_bytes = 0
+        self._capacity_bytes: dict[str, int] = {}
+        self._watermarks: dict[str, tuple[float, float]] = {}
+        self.accesses_seen = 0  # sampled accesses the events revealed
+        self.events = 0
+        self.batches = 0
+        self._lookups_base: int | None = None
+        self._lookups_last: int | None = None
+        self._lookups = 0
+        self._sampled_at_base = 0
+
+    # ----------------------------------------------------------------------------- tiers
+
+    def set_tier_order(self, names: Sequence[str]) -> None:
+        if names:
+            self.tier_order = list(names)
+        self._rank = {name: i for i, name in enumerate(self.tier_order)}
+
+    def _tier_rank(self, name: str) -> int:
+        rank = self._rank.get(name)
+        if rank is None:
+            if name in CANONICAL_TIER_ORDER and not self.tier_order:
+                return CANONICAL_TIER_ORDER.index(name)
+            rank = len(CANONICAL_TIER_ORDER) + len(self._rank)
+            self._rank[name] = rank
+        return rank
+
+    @property
+    def tiers(self) -> list[TierCapacity]:
+        """Known tiers, fastest first, with capacities in blocks (needs the block size)."""
+        names = sorted(self._capacity_bytes, key=self._tier_rank)
+        out = []
+        for name in names:
+            high, low = self._watermarks.get(name, (1.0, 1.0))
+            blocks = self._capacity_bytes[name] // self.block_bytes if self.block_bytes else 0
+            out.append(TierCapacity(name, blocks, high, low))
+        return out
+
+    def set_tiers(self, tiers: Sequence[TierCapacity], block_bytes: int = 1) -> None:
+        """Declare tiers directly (fastest first), e.g. from a command line."""
+        self.block_bytes = block_bytes
+        self.set_tier_order([t.name for t in tiers])
+        self._capacity_bytes = {t.name: t.capacity_blocks * block_bytes for t in tiers}
+        self._watermarks = {t.name: (t.high, t.low) for t in tiers}
+
+    def what_if(self, tier: str, factor: float, policy: str = "lru") -> WhatIf:
+        """"If ``tier`` were ``factor`` times as large...", from the tiers' effective sizes."""
+        tiers = self.tiers
+        above = 0
+        for t in tiers:
+            if t.name == tier:
+                return self.curve.what_if(t.effective_blocks, factor, above_blocks=above,
+                                          policy=policy, tier=tier)
+            above += t.effective_blocks
+        known = ", ".join(t.name for t in tiers) or "none yet"
+        raise ValueError(f"unknown tier {tier!r}; known: {known}")
+
+    @property
+    def coverage(self) -> float | None:
+        """Accesses the block events revealed over the lookups the runtime counted (TierStats)
+        over the same span; None before two TierStats. Below 1: lookups no event shows (hits
+        in the fastest tier); it can exceed 1 when the runtime stores blocks it never looked up
+        (KV of generated tokens)."""
+        if self._lookups <= 0 or not self.curve.rate:
+            return None
+        revealed = (self.curve.sampled - self._sampled_at_base) / self.curve.rate
+        return revealed / self._lookups
+
+    # --------------------------------------------------------------------------- folding
+
+    def fold(self, message: Any) -> None:
+        """Fold one decoded message; types other than the ones below are ignored."""
+        if isinstance(message, KvEventBatch):
+            self._on_batch(message)
+        elif isinstance(message, TierStats):
+            self._on_stats(message)
+        elif isinstance(message, Hello):
+            self._on_hello(message)
+        elif isinstance(message, Snapshot):
+            if message.hello is not None:
+                self._on_hello(message.hello)
+            if message.stats is not None:
+                self._on_stats(message.stats)
+
+    def fold_many(self, messages: Iterable[Any]) -> None:
+        for message in messages:
+            self.fold(message)
+
+    def _on_hello(self, m: Hello) -> None:
+        if m.topology.tier_order:
+            self.set_tier_order(m.topology.tier_order)
+        if m.topology.block_bytes:
+            self.block_bytes = m.topology.block_bytes
+        for info in m.tiers:
+            if info.block_bytes and not self.block_bytes:
+                self.block_bytes = info.block_bytes
+            self._capacity_bytes[info.name] = info.capacity_bytes
+
+    def _on_stats(self, m: TierStats) -> None:
+        for sample in m.tiers:
+            self._capacity_bytes[sample.name] = sample.capacity_bytes
+            self._watermarks[sample.name] = (sample.high_watermark, sample.low_watermark)
+            if not self.block_bytes and sample.used_blocks:
+                self.block_bytes = sample.used_bytes // sample.used_blocks
+        if m.tiers:
+            first = m.tiers[0]
+            lookups = first.hits + first.misses
+            if self._lookups_base is None or (
+                self._lookups_last is not None and lookups < self._lookups_last
+            ):
+                self._lookups_base = lookups  # first sight or a restart: a new baseline
+                self._lookups = 0
+                self._sampled_at_base = self.curve.sampled
+            else:
+                self._lookups = lookups - self._lookups_base
+            self._lookups_last = lookups
+
+    def _forget(self, key: int) -> None:
+        self._where.pop(key, None)
+
+    def _on_batch(self, batch: KvEventBatch) -> None:
+        events = batch.events
+        if not events:
+            return
+        self.batches += 1
+        self.events += len(events)
+        flat: list[Any] = []
+        owners: list[int] = []
+        for i, event in enumerate(events):
+            if isinstance(event, AllBlocksCleared):
+                owners.append(i)  # a marker position (never sampled: no key)
+                flat.append(None)
+                continue
+            hashes = event.block_hashes
+            if not hashes and type(event) is BlockRemoved:
+                owners.append(i)
+                flat.append(None)
+                continue
+            flat.extend(hashes)
+            owners.extend([i] * len(hashes))
+        base = self._position
+        self._position += len(flat)
+        markers = [p for p, k in enumerate(flat) if k is None]
+        if markers:  # clears must apply in order: process item by item around them
+            self._items(events, batch.tiers, flat, owners, base, range(len(flat)))
+            return
+        keys = as_keys(flat)
+        hv = hash64_array(keys, self.curve.seed)
+        picked = np.flatnonzero(hv < np.uint64(min(self.curve.threshold, _MASK64)))
+        if picked.size:
+            self._items(events, batch.tiers, keys.tolist(), owners, base, picked.tolist(),
+                        hv[picked].tolist())
+
+    def _items(self, events: list[Any], tiers: list[str], flat: list[Any], owners: list[int],
+               base: int, positions: Iterable[int], hashes: list[int] | None = None) -> None:
+        curve = self.curve
+        seed = curve.seed
+        where = self._where
+        for n, p in enumerate(positions):
+            event = events[owners[p]]
+            tier = tiers[owners[p]] if owners[p] < len(tiers) else str(event.medium)
+            raw = flat[p]
+            if raw is None:
+                if type(event) is AllBlocksCleared:
+                    where.clear()
+                else:  # BlockRemoved with no hashes: the whole tier is cleared
+                    for holders in where.values():
+                        holders.discard(tier)
+                continue
+            key = raw if hashes is not None else key_int(raw)
+            hv = hashes[n] if hashes is not None else hash64(key, seed)
+            if hv >= curve.threshold:
+                continue
+            position = base + p
+            if type(event) is BlockRemoved:
+                was = where.get(key)
+                if was is not None:
+                    was.discard(tier)
+                    if not was:
+                        del where[key]
+                self._last_removed = (key, tier, position)
+                continue
+            held = where.get(key)
+            previous: set[str] = set(held) if held else set()
+            last = self._last_removed
+            if last is not None and last[0] == key and last[2] == position - 1:
+                previous.add(last[1])
+            if not previous or tier in previous:
+                is_access = True
+            else:
+                rank = self._tier_rank(tier)
+                is_access = all(rank < self._tier_rank(t) for t in previous)
+            if held is None:
+                where[key] = {tier}
+            else:
+                held.add(tier)
+            if is_access:
+                self.accesses_seen += 1
+                curve.sampled_access(key, hv)
+        if curve.max_keys is not None and len(where) > 2 * curve.max_keys:
+            for key in [k for k in where if k not in curve]:
+                del where[key]
