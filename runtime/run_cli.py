@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "authentication and encryption of control)")
     net.add_argument("--authorized-keys", help="directory of authorised client public keys")
     parser.add_argument("--workdir", help="where temporary tier files go (default: system temp)")
+    parser.add_argument("--record", metavar="FILE",
+                        help="record the telemetry stream to FILE (replaces an earlier "
+                             "recording; see `tiertop replay` and `tiertop export`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +117,20 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"tiertop run: could not start: {exc}", file=sys.stderr)
         return 1
+    recorder = None
+    if args.record:
+        from tiertop.monitor.recorder import record_runtime
+        from tiertop.monitor.recording import RecordingError
+
+        try:
+            if curve is not None:
+                raise RecordingError("--record cannot subscribe to a CurveZMQ runtime; run "
+                                     "`tiertop record --client-key ...` beside it instead")
+            recorder = record_runtime(args.record, runtime.addresses)
+        except (RecordingError, OSError, ValueError) as exc:
+            print(f"tiertop run: --record: {exc}", file=sys.stderr)
+            runtime.close()
+            return 2
     signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
     signal.signal(signal.SIGINT, lambda *_: runtime.stop())
     try:
@@ -122,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
         print("serving; Ctrl-C to stop", flush=True)
         runtime.run()
     finally:
+        if recorder is not None:
+            from tiertop.monitor.recorder import finish_runtime_recording
+
+            finish_runtime_recording(recorder, runtime.publisher)
+            print(recorder.summary_line(), flush=True)
         runtime.close()
     print(f"served {runtime.completed} requests ({runtime.failed} failed, "
           f"{runtime.rejected_requests} rejected by a full queue)", flush=True)

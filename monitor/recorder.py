@@ -1,0 +1,522 @@
+"""The recorder: just another subscriber, writing what it receives to a recording file.
+
+:class:`Recorder` owns a :class:`~tiertop.monitor.recording.RecordingWriter` and one worker thread.
+The worker reads the telemetry stream with a :class:`RecordingSubscriber` (a
+:class:`~tiertop.monitor.subscriber.TelemetrySubscriber` that also keeps the raw frames of what
+it delivers: the same gap filling, snapshots on join and restart handling as any dashboard, so
+the recording holds exactly the messages a live reader folds, in the order it folds them) and
+appends them with their receive time; it also takes messages handed to it in-process through
+:meth:`Recorder.write` (a dashboard that already reads the stream records its own frames, see
+:class:`RecordingSubscriber`). Compression, keyframes and file I/O happen on that thread, so the
+runtime and the dashboard never wait for the disk.
+
+Typical uses::
+
+    # A separate process or thread recording a runtime:
+    with Recorder("session.ttrec", "tcp://127.0.0.1:5557", "tcp://127.0.0.1:5560") as rec:
+        ...  # until done; rec.counters() says how it goes
+
+    # A dashboard recording the stream it already reads:
+    sub = RecordingSubscriber(endpoint, replay_endpoint)
+    rec = Recorder("session.ttrec").start()
+    messages = sub.poll(2000, 50)
+    model.fold_many(messages, received_at=now)
+    rec.write(sub.take_frames(), received_at=time.time())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .framing import Decoded, FrameDecoder
+from .protocol import Hello, Snapshot
+from .recording import RecordingWriter, WriterStats
+from .subscriber import SubscriberCounters, TelemetrySubscriber
+from .vllm_events import MediumNormalizer
+
+__all__ = [
+    "RawFrame",
+    "Recorder",
+    "RecorderCounters",
+    "RecordingSubscriber",
+    "finish_runtime_recording",
+    "record_runtime",
+]
+
+#: One received message: (topic frame, sequence number, payload frame).
+RawFrame = tuple[bytes, int, bytes]
+
+
+# ------------------------------------------------------------------------------ the subscriber
+
+
+class _CapturingDecoder(FrameDecoder):
+    """A frame decoder that remembers the frames each decoded object came from."""
+
+    def __init__(self, normalizer: MediumNormalizer, ttl_s: float) -> None:
+        super().__init__(normalizer)
+        self._raw: dict[int, tuple[Decoded, RawFrame, float]] = {}
+        self._ttl = ttl_s
+        self.uncaptured = 0
+        self.expired = 0
+
+    def decode(
+        self, topic: bytes, seq: int, payload: bytes, source: str = "", epoch: int = 0
+    ) -> Decoded | None:
+        message = super().decode(topic, seq, payload, source, epoch)
+        if message is not None:
+            self._raw[id(message)] = (message, (bytes(topic), seq, bytes(payload)),
+                                      time.monotonic())
+        return message
+
+    def take(self, delivered: Sequence[Decoded]) -> list[RawFrame]:
+        out: list[RawFrame] = []
+        raw = self._raw
+        for message in delivered:
+            entry = raw.pop(id(message), None)
+            if entry is None or entry[0] is not message:
+                self.uncaptured += 1
+                continue
+            out.append(entry[1])
+        return out
+
+    def expire(self) -> None:
+        """Forget frames of messages never delivered (duplicates the subscriber dropped) once
+        they are older than any hold could be."""
+        if len(self._raw) < 256:
+            return
+        cutoff = time.monotonic() - self._ttl
+        stale = [k for k, (_, _, at) in self._raw.items() if at < cutoff]
+        for k in stale:
+            del self._raw[k]
+        self.expired += len(stale)
+
+
+class RecordingSubscriber(TelemetrySubscriber):
+    """A :class:`TelemetrySubscriber` that also keeps the raw frames of every message it
+    delivers, for a recorder.
+
+    Same arguments and behaviour as :class:`TelemetrySubscriber`, plus ``capture_ttl_s``: how
+    long frames of a message that is never delivered (a duplicate dropped after a resync) are
+    kept before being forgotten (longer than any resync wait). After :meth:`poll`,
+    :meth:`take_frames` returns ``(topic, seq, payload)`` of each message that ``poll``
+    returned, in the same order, byte for byte as received (live or replayed).
+    """
+
+    def __init__(self, *args: Any, capture_ttl_s: float = 60.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Swap in a decoder that remembers frames (the base class decodes everything through
+        # this attribute: live, replayed and snapshot answers).
+        self._capture = _CapturingDecoder(self._decoder.normalizer, capture_ttl_s)
+        self._decoder = self._capture
+        self._frames: list[RawFrame] = []
+
+    def poll(self, max_messages: int = 1000, timeout_ms: float = 0) -> list[Decoded]:
+        out = super().poll(max_messages, timeout_ms)
+        if out:
+            self._frames.extend(self._capture.take(out))
+        self._capture.expire()
+        return out
+
+    def take_frames(self) -> list[RawFrame]:
+        """The frames of what :meth:`poll` returned since the last call, in order."""
+        frames, self._frames = self._frames, []
+        return frames
+
+    @property
+    def uncaptured(self) -> int:
+        """Delivered messages whose frames were not found (0 unless something is wrong)."""
+        return self._capture.uncaptured
+
+
+# -------------------------------------------------------------------------------- the recorder
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderCounters:
+    """How a recorder is doing.
+
+    Attributes:
+        received: Messages taken in (from its subscriber and from :meth:`Recorder.write`).
+        queue_dropped: Messages :meth:`Recorder.write` refused because its queue was full.
+        uncaptured: Messages its subscriber delivered without frames (0 unless broken).
+        writer: The writer's figures (records, bytes, chunks, keyframes, retention...).
+        subscriber: Its subscriber's counters (None when it has none).
+        error: Why it stopped writing ("" while fine).
+    """
+
+    received: int
+    queue_dropped: int
+    uncaptured: int
+    writer: WriterStats
+    subscriber: SubscriberCounters | None
+    error: str
+
+    @property
+    def records(self) -> int:
+        return self.writer.records
+
+    @property
+    def file_bytes(self) -> int:
+        return self.writer.file_bytes
+
+
+class Recorder:
+    """Records a telemetry stream to a file on its own thread.
+
+    Args:
+        path: The recording file.
+        connect: The runtime's telemetry (PUB) endpoint to subscribe to (None: only
+            :meth:`write` feeds it).
+        replay_addr: Its replay/snapshot endpoint (gaps filled, snapshot on join).
+        topics: Topic prefixes to record (default all).
+        curve: CurveZMQ client settings for the subscriber.
+        hello: The runtime's Hello when known (goes into the header).
+        scenario: Scenario text (goes into the header).
+        meta: Free-form header data.
+        max_bytes: File size cap (see :class:`RecordingWriter`).
+        retain_s: Keep only about the last ``retain_s`` seconds.
+        on_full: ``"drop-oldest"`` or ``"stop"`` at ``max_bytes``.
+        overwrite: Replace an existing file.
+        max_queue: Most messages :meth:`write` queues before refusing (counted).
+        poll_ms: Longest the worker waits for the stream at a time.
+        batch_s: After taking what arrived, the worker sleeps this long before reading again,
+            so it wakes (and takes the GIL from the process it records in) about 1/batch_s
+            times a second however busy the stream is; messages wait in the socket meanwhile.
+        writer_options: More :class:`RecordingWriter` keyword arguments (chunk and keyframe
+            policy, compression level...).
+        subscriber_options: More :class:`TelemetrySubscriber` keyword arguments.
+        clock: Wall clock for receive times.
+
+    Raises:
+        RecordingError: The file exists (without ``overwrite``) or bad limits.
+        OSError: The file cannot be created.
+        zmq.ZMQError: The endpoint is malformed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        connect: str | None = None,
+        replay_addr: str | None = None,
+        *,
+        topics: Sequence[str] = ("",),
+        curve: Any = None,
+        hello: Hello | bytes | None = None,
+        scenario: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        max_bytes: int | None = None,
+        retain_s: float | None = None,
+        on_full: str = "drop-oldest",
+        overwrite: bool = False,
+        max_queue: int = 1_000_000,
+        poll_ms: float = 50.0,
+        batch_s: float = 0.1,
+        writer_options: Mapping[str, Any] | None = None,
+        subscriber_options: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.connect = connect
+        self._clock = clock
+        self._poll_ms = poll_ms
+        self._batch_s = batch_s
+        self._max_queue = max_queue
+        self._writer = RecordingWriter(
+            path, hello=hello, scenario=scenario, source=connect or "in-process", meta=meta,
+            max_bytes=max_bytes, retain_s=retain_s, on_full=on_full, overwrite=overwrite,
+            clock=clock, **dict(writer_options or {}),
+        )
+        self._subscriber: RecordingSubscriber | None = None
+        if connect is not None:
+            try:
+                self._subscriber = RecordingSubscriber(
+                    connect, replay_addr, topics=topics, curve=curve,
+                    **dict(subscriber_options or {}),
+                )
+            except BaseException:
+                self._writer.close()
+                raise
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._received = 0
+        self._queue_dropped = 0
+        self._last_seq: dict[str, int] = {}
+        self._drain_until: dict[str, int] | None = None
+        self._drain_timeout = 2.0
+        self._drain_quiet = 0.2
+        self.error = ""
+        self._thread = threading.Thread(target=self._run, name="tiertop-recorder", daemon=True)
+        self._started = False
+        self._stopped = False
+
+    # --------------------------------------------------------------------------------- API
+
+    def start(self) -> Recorder:
+        """Start the worker thread (returns self)."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def write(self, frames: Iterable[Sequence[Any]], received_at: float | None = None) -> None:
+        """Record messages received elsewhere (thread-safe; never blocks).
+
+        Args:
+            frames: Messages as received: each ``(topic, seq, payload)``, the three frames of
+                one message, ``seq`` either an int or its 8-byte frame, ``topic`` bytes or str.
+            received_at: When they were received (unix seconds; default now).
+        """
+        at = self._clock() if received_at is None else received_at
+        queue = self._queue
+        for frame in frames:
+            if len(queue) >= self._max_queue:
+                self._queue_dropped += 1
+                continue
+            topic, seq, payload = frame
+            if isinstance(seq, bytes | bytearray | memoryview):
+                seq = int.from_bytes(seq, "big")
+            queue.append(("m", at, topic, int(seq), payload))
+        self._wake.set()
+
+    def mark(self, label: str) -> None:
+        """Put a labelled mark in the recording's index at this point of the stream."""
+        self._queue.append(("k", self._clock(), label))
+        self._wake.set()
+
+    def wait_joined(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the first message is recorded (True) or ``timeout_s`` passes (False)."""
+        return self._first.wait(timeout_s)
+
+    def stop(
+        self,
+        drain_until: Mapping[str, int] | None = None,
+        timeout_s: float = 2.0,
+        quiet_s: float = 0.2,
+    ) -> RecorderCounters:
+        """Finish: take what is still arriving, write it, close the file; the final counters.
+
+        Args:
+            drain_until: The last sequence number sent per topic (e.g. the publisher's
+                ``counters().topic_seqs`` after a flush): keep reading until each is recorded.
+                None: keep reading until the stream is quiet for ``quiet_s``.
+            timeout_s: Longest to keep reading.
+            quiet_s: Silence that ends the drain without ``drain_until``.
+        """
+        if self._stopped:
+            return self.counters()
+        self._stopped = True
+        self._drain_until = dict(drain_until) if drain_until is not None else None
+        self._drain_timeout = timeout_s
+        self._drain_quiet = quiet_s
+        self._stop.set()
+        self._wake.set()
+        if self._started:
+            self._thread.join()
+        else:
+            self._finish()
+        return self.counters()
+
+    def close(self) -> None:
+        """Same as :meth:`stop` with the defaults."""
+        self.stop()
+
+    def __enter__(self) -> Recorder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time its worker thread (subscriber, decoding, folding, compression, writes) used
+        so far; None where the platform cannot tell or the thread has ended."""
+        ident = self._thread.ident
+        if ident is None:
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except (AttributeError, OSError):
+            return None
+
+    def counters(self) -> RecorderCounters:
+        sub = self._subscriber
+        return RecorderCounters(
+            received=self._received,
+            queue_dropped=self._queue_dropped,
+            uncaptured=sub.uncaptured if sub is not None else 0,
+            writer=dataclasses.replace(self._writer.stats),
+            subscriber=sub.counters() if sub is not None else None,
+            error=self.error,
+        )
+
+    def summary_line(self) -> str:
+        """One line for a person: what was recorded where."""
+        c = self.counters()
+        w = c.writer
+        extra = []
+        if w.dropped:
+            extra.append(f"{w.dropped:,} not recorded ({w.stopped})")
+        if w.dropped_by_retention:
+            extra.append(f"{w.dropped_by_retention:,} oldest dropped by retention")
+        if c.queue_dropped:
+            extra.append(f"{c.queue_dropped:,} dropped by a full queue")
+        if c.error:
+            extra.append(f"error: {c.error}")
+        tail = f" ({'; '.join(extra)})" if extra else ""
+        return (f"recorded {w.records:,} messages to {self.path} ({w.file_bytes:,} bytes, "
+                f"{w.keyframes} keyframes){tail}")
+
+    # ------------------------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._step(self._poll_ms) and self._batch_s > 0:
+                    self._stop.wait(self._batch_s)
+        except Exception as exc:  # disk full, a bad path...: stop writing, say why
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            if not self.error:
+                self._drain()
+        except Exception as exc:
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+        finally:
+            if self._subscriber is not None:
+                self._subscriber.close()
+            try:
+                self._writer.close()
+            except Exception as exc:
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self._drain_timeout
+        until = self._drain_until
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            got = self._step(20.0)
+            if until is not None:
+                if self._subscriber is None or all(
+                    self._last_seq.get(topic, -1) >= seq for topic, seq in until.items()
+                ):
+                    break
+            else:
+                now = time.monotonic()
+                if got:
+                    quiet_since = now
+                elif now - quiet_since >= self._drain_quiet or self._subscriber is None:
+                    break
+        self._step(0.0)
+
+    def _step(self, wait_ms: float) -> int:
+        writer = self._writer
+        got = 0
+        sub = self._subscriber
+        if sub is not None:
+            messages = sub.poll(20_000, 0 if self._queue else wait_ms)
+            if messages:
+                frames = sub.take_frames()
+                now = self._clock()
+                last = self._last_seq
+                for topic, seq, payload in frames:
+                    message = writer.append(now, topic, seq, payload)
+                    name = topic.decode("utf-8", "replace")
+                    if seq > last.get(name, -1):
+                        last[name] = seq
+                    if isinstance(message, Snapshot | Hello):
+                        # Everything up to these was either delivered or is in the state
+                        # they carry: a drain need not wait for it.
+                        for t, s in message.topic_seqs.items():
+                            if s > last.get(t, -1):
+                                last[t] = s
+                got += len(frames)
+        elif not self._queue:
+            self._wake.wait(wait_ms / 1000.0)
+        self._wake.clear()
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            if item[0] == "m":
+                _, at, topic, seq, payload = item
+                writer.append(at, topic, seq, payload)
+                got += 1
+            else:
+                writer.mark(item[2], item[1])
+        if got:
+            self._received += got
+            self._first.set()
+        with contextlib.suppress(OSError):
+            writer.tick(self._clock())
+        return got
+
+
+# ------------------------------------------------------------------------- a runtime's own
+
+
+def record_runtime(
+    path: str | os.PathLike[str],
+    addresses: Mapping[str, str],
+    *,
+    scenario: str | None = None,
+    join_timeout_s: float = 5.0,
+    **options: Any,
+) -> Recorder:
+    """Start a recorder subscribed to a runtime's own telemetry, for ``--record FILE`` on the
+    commands that start one; call :func:`finish_runtime_recording` when it stops serving.
+
+    An existing recording at ``path`` is replaced; any other existing file is refused.
+
+    Args:
+        path: The recording.
+        addresses: The runtime's endpoints by role (``"telemetry"`` or ``"pub"``, and
+            ``"replay"`` when it has one).
+        scenario: Scenario text for the header.
+        join_timeout_s: How long to wait for the first message (the runtime's Hello, sent as
+            the recorder subscribes) so that the recording misses nothing of the run.
+        options: More :class:`Recorder` keyword arguments.
+
+    Raises:
+        RecordingError: ``path`` is an existing file that is not a recording.
+    """
+    from .recording import RecordingError, is_recording
+
+    if os.path.exists(path) and not is_recording(path):
+        raise RecordingError(f"{os.fspath(path)} exists and is not a tiertop recording; "
+                             "not overwriting it")
+    endpoint = addresses.get("telemetry") or addresses.get("pub")
+    if not endpoint:
+        raise ValueError("the runtime has no telemetry address")
+    recorder = Recorder(path, endpoint, addresses.get("replay"), scenario=scenario,
+                        overwrite=True, **options).start()
+    recorder.wait_joined(join_timeout_s)
+    return recorder
+
+
+def finish_runtime_recording(recorder: Recorder, publisher: Any = None,
+                             timeout_s: float = 3.0) -> RecorderCounters:
+    """Stop a recorder started by :func:`record_runtime` once the runtime stopped serving but
+    before its publisher closes: flush the publisher, read until every message it sent is
+    recorded (or ``timeout_s``), close the file."""
+    until = None
+    if publisher is not None:
+        with contextlib.suppress(Exception):
+            publisher.flush(timeout_s=1.0)
+            until = dict(publisher.counters().topic_seqs)
+    return recorder.stop(drain_until=until, timeout_s=timeout_s)
