@@ -72,6 +72,8 @@ class ModelRuntime(TierControl):
         self.config = config
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._stop = threading.Event()
+        self._not_running = threading.Event()
+        self._not_running.set()
         self._tiers = OpenTiers(config.tiers, config.workdir)
         self.publisher: TelemetryPublisher | None = None
         self.control: ControlServer | None = None
@@ -133,6 +135,14 @@ class ModelRuntime(TierControl):
 
     def run(self) -> None:
         """Serve until the duration ends or ``stop()`` is called."""
+        assert self.control is not None
+        self._not_running.clear()
+        try:
+            self._loop()
+        finally:
+            self._not_running.set()
+
+    def _loop(self) -> None:
         assert self.control is not None
         config = self.config
         self._origin = time.time()
@@ -218,7 +228,11 @@ class ModelRuntime(TierControl):
         self.publisher.publish(stats)
 
     def close(self) -> None:
-        """Flush telemetry, stop serving sockets, release every tier (idempotent)."""
+        """Stop the loop if another thread runs it, flush telemetry, stop serving sockets,
+        release every tier (idempotent)."""
+        self.stop()
+        if not self._not_running.wait(timeout=60):
+            raise RuntimeError("the runtime loop did not stop within 60 s")
         if self.control is not None:
             self.control.close()
             self.control = None
