@@ -18,12 +18,22 @@ Handler = Callable[[argparse.Namespace], int]
 # name -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("tiertop.runtime.run_cli", "start the runtime: a model serving a workload on tiers"),
+    "sim": ("tiertop.runtime.sim.sim_cli",
+            "run the cluster simulator (live, or headless trace replay)"),
     "memserver": ("tiertop.tiers.memserver_cli", "serve a remote KV memory tier over ZeroMQ"),
     "keys": ("tiertop.monitor.keys_cli", "make CurveZMQ key pairs for runtimes and clients"),
     "watch": ("tiertop.monitor.watch_cli",
               "print a compact per-tier table every second (like top -b)"),
     "demo": ("tiertop.tui.demo_cli", "start a runtime and open the dashboard on it"),
     "dash": ("tiertop.tui.dash_cli", "open the dashboard on a running runtime"),
+    "record": ("tiertop.monitor.record_cli", "record a runtime's telemetry stream to a file"),
+    "replay": ("tiertop.monitor.replay_cli",
+               "replay a recording headless and print its per-phase summary"),
+    "export": ("tiertop.monitor.export_cli",
+               "export a recording as CSV/JSON lines/Parquet tables, with --plots a report"),
+    "plan": ("tiertop.planner.plan_cli", "rank hardware and size tiers for a model and workload"),
+    "play": ("tiertop.scenarios.play_cli",
+             "play a scenario file headless and print a per-phase summary"),
 }
 
 

@@ -573,7 +573,7 @@ class TelemetryPublisher:
                     if pending_since is not None:
                         timeout = min(timeout, pending_since + self._batch_delay - now)
                     ready = dict(poller.poll(max(0, int(timeout * 1000.0) + 1)))
-                    if self._wake_r in ready:
+                    if self._wake_r.fileno() in ready:  # poll() reports plain sockets by fd
                         self._drain_wake()
                     if pub in ready:
                         self._handle_subscriptions()

@@ -1,0 +1,260 @@
+"""The dashboard's plain parts: text building blocks, the ingest, the launcher, the commands, and
+the import boundaries (tui never reaches into the runtime or the tier library)."""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiertop.monitor.state import StateModel
+from tiertop.monitor.vllm_events import BlockStored, KvEventBatch
+from tiertop.tui.format import (
+    compact,
+    occupancy_cells,
+    parse_bytes,
+    parse_fraction,
+    resample,
+    sparkline,
+)
+from tiertop.tui.frame import EventFilter, time_label
+from tiertop.tui.ingest import Ingest
+from tiertop.tui.launcher import RuntimeExited, RuntimeProcess
+from tiertop.tui.options import load_keymap
+
+from .fakes import FakeSource, Script
+
+TUI = Path(__file__).resolve().parents[2] / "tui"
+
+
+# ------------------------------------------------------------------------------------ format
+
+
+def test_occupancy_bar_marks_watermarks_with_letters() -> None:
+    cells = occupancy_cells(0.55, 20, low=0.8, high=0.9)
+    text = "".join(c for c, _ in cells)
+    assert text[16] == "L" and text[18] == "H"
+    assert text.count("█") == 11 and cells[16][1] == "mark"
+    full = occupancy_cells(1.0, 10, low=0.5, high=0.5)
+    assert "".join(c for c, _ in full) == "█████H████"  # same cell: H wins, on the fill
+    assert full[5][1] == "mark-fill"
+    assert "".join(c for c, _ in occupancy_cells(None, 4, None, None)) == "░░░░"
+
+
+def test_sparkline_scales_and_shows_gaps() -> None:
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([1.0, math.nan, 1.0]) == "█ █"
+    assert sparkline([0.5], lo=0.0, hi=1.0) in ("▄", "▅")
+    assert sparkline([]) == ""
+
+
+def test_resample_bins_by_time_and_fills_only_small_holes() -> None:
+    t = np.arange(10, dtype=float)
+    v = np.arange(10, dtype=float)
+    out = resample(t, v, 5, 0.0, 10.0)
+    assert list(out) == [0.5, 2.5, 4.5, 6.5, 8.5]
+    sparse = resample(np.array([0.0, 9.0]), np.array([1.0, 2.0]), 10, 0.0, 10.0)
+    assert np.isnan(sparse[6])  # a long silence stays a gap
+    dense = resample(np.arange(5.0), np.ones(5), 10, 0.0, 5.0)
+    assert np.isfinite(dense[:9]).all()  # rounding holes between near points are filled
+    assert np.isnan(resample(np.zeros(0), np.zeros(0), 3, 0, 1)).all()
+
+
+def test_value_parsing_for_forms() -> None:
+    assert parse_bytes("4MiB") == 4 << 20
+    assert parse_bytes("512K") == 512 << 10
+    assert parse_bytes("1.5GB") == 1_500_000_000
+    assert parse_bytes(" 65536 ") == 65536
+    for bad in ("", "MiB", "4 parsecs", "0", "-1K"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+    assert parse_fraction("90%", "high") == pytest.approx(0.9)
+    assert parse_fraction(".5", "high") == 0.5
+    with pytest.raises(ValueError, match="high: 'x' is not a number"):
+        parse_fraction("x", "high")
+    assert compact({"dram": {"high": 0.5, "low": 0.4}}) == "dram: high=0.5 low=0.4"
+    assert compact(None) == "-"
+
+
+def test_event_filter_parses_what_the_user_types() -> None:
+    f = EventFilter.parse("kind:fault,health tier:dram slow disk")
+    assert f.kinds == ("fault", "health") and f.tier == "dram" and f.text == "slow disk"
+    assert EventFilter.parse("control").kinds == ("control",)
+    hidden = EventFilter().with_moves_hidden(True)
+    kinds = hidden.wanted_kinds()
+    assert kinds is not None and "demote" not in kinds and "fault" in kinds
+    assert EventFilter().wanted_kinds() is None
+    assert time_label(12.34, "sim").strip() == "12.3s"
+
+
+def test_keymap_files(tmp_path: Path) -> None:
+    good = tmp_path / "keys.toml"
+    good.write_text('[keys]\nset-watermarks = "W"\nquit = "ctrl+q,q"\n')
+    assert load_keymap(str(good)) == {"set-watermarks": "W", "quit": "ctrl+q,q"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("quit = 3\n")
+    with pytest.raises(ValueError, match="quit must be a string"):
+        load_keymap(str(bad))
+    with pytest.raises(ValueError, match="keymap"):
+        load_keymap(str(tmp_path / "missing.toml"))
+
+
+# ------------------------------------------------------------------------------------ ingest
+
+
+class CountingLock:
+    """A lock that counts how often it was taken, and checks it is free between takes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_ingest_folds_in_bounded_chunks_releasing_the_lock() -> None:
+    script = Script()
+    source = FakeSource()
+    batches = [KvEventBatch(topic="kv-events", seq=i, ts=1000.0 + i, tiers=["dram"] * 1000,
+                            events=[
+        BlockStored(block_hashes=[i * 1000 + j], parent_block_hash=None, token_ids=[],
+                    block_size=16, lora_id=None, medium="dram", lora_name=None)
+        for j in range(1000)
+    ]) for i in range(10)]
+    source.push(script.hello(), *batches)
+    model = StateModel()
+    lock = CountingLock()
+    ingest = Ingest(model, lock, source, chunk_weight=2500, max_messages=100)  # type: ignore[arg-type,unused-ignore]
+    assert ingest.step() == 11
+    # Hello + 10 x 1001-weight batches in chunks of at most 2500: 5 holds, plus the counters.
+    assert lock.taken == 6
+    tier = model.tier("dram")
+    assert tier is not None and tier.resident_blocks == 10_000
+    assert ingest.folded == 11 and source.pending == type(source.pending)()
+
+
+def test_ingest_thread_starts_stops_and_closes_the_source() -> None:
+    script = Script()
+    source = FakeSource()
+    messages = [script.hello(), *script.run(3)]
+    source.push(*messages)
+    ingest = Ingest(StateModel(), threading.Lock(), source)
+    ingest.start()
+    deadline = time.monotonic() + 5
+    while ingest.folded < len(messages) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ingest.folded == len(messages) and ingest.running
+    ingest.stop()
+    assert not ingest.running and source.closed
+
+
+# ---------------------------------------------------------------------------------- launcher
+
+CHILD = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    # A grandchild that ignores SIGTERM, like a stuck helper process.
+    subprocess.Popen([sys.executable, "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+    print("telemetry: tcp://127.0.0.1:1", flush=True)
+    print("control: tcp://127.0.0.1:2", flush=True)
+    print("replay: tcp://127.0.0.1:3", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_launcher_reads_addresses_and_leaves_nothing_behind() -> None:
+    rt = RuntimeProcess([], argv=[sys.executable, "-c", CHILD])
+    try:
+        addresses = rt.wait_addresses(timeout_s=30)
+        assert addresses == {"telemetry": "tcp://127.0.0.1:1", "control": "tcp://127.0.0.1:2",
+                             "replay": "tcp://127.0.0.1:3"}
+        time.sleep(0.3)
+        assert len(rt._group_alive()) == 2
+    finally:
+        rt.stop(timeout_s=5)
+    assert rt._group_alive() == []
+    assert not rt.dir.exists()
+
+
+def test_launcher_reports_an_early_exit_with_the_log() -> None:
+    rt = RuntimeProcess([], argv=[sys.executable, "-c",
+                                  "import sys; print('no model here'); sys.exit(3)"])
+    try:
+        with pytest.raises(RuntimeExited, match=r"status 3(.|\n)*no model here"):
+            rt.wait_addresses(timeout_s=30)
+    finally:
+        assert rt.stop() == 3
+    assert not rt.dir.exists()
+
+
+# ------------------------------------------------------------------------------- boundaries
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_tui_never_imports_the_runtime_or_the_tier_library() -> None:
+    files = sorted(TUI.rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        for name in _imports(path):
+            assert not name.startswith(("tiertop.runtime", "tiertop.tiers")), (path, name)
+            if name.startswith("tiertop."):
+                assert name.startswith(("tiertop.monitor", "tiertop.main")), (path, name)
+
+
+def test_the_command_line_stays_textual_free_until_a_dashboard_runs() -> None:
+    code = ("import sys; from tiertop.main import build_parser; build_parser(); "
+            "print('textual' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={**os.environ})
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_dash_and_demo_refuse_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from tiertop.main import main
+
+    assert main(["dash", "--client-key", "k"]) == 2
+    assert "--client-key and --server-key go together" in capsys.readouterr().err
+    assert main(["demo", "--rate", "0"]) == 2
+    assert "--rate must be > 0" in capsys.readouterr().err
+    assert main(["dash", "--keymap", "/nonexistent/keys.toml"]) == 2
+    assert "keymap /nonexistent/keys.toml" in capsys.readouterr().err
+
+
+def test_demo_starts_small_tiers_or_the_rack_simulator_on_free_ports() -> None:
+    import argparse
+
+    from tiertop.main import SUBCOMMANDS
+    from tiertop.tui.demo_cli import runtime_args
+
+    model = runtime_args(argparse.Namespace(sim=False, tier=None, rate=6.0))
+    assert model[0] == "run" and model.count("--tier") == 3
+    assert "dram:1MiB" in model and "remote:2MiB" in model and "disk:8MiB" in model
+    sim = runtime_args(argparse.Namespace(sim=True, tier=None, rate=6.0))
+    assert sim[:3] == ["sim", "--preset", "rack"]
+    for args in (model, sim):
+        for flag in ("--publish", "--control", "--replay"):
+            assert args[args.index(flag) + 1] == "tcp://127.0.0.1:0"
+    assert "sim" in SUBCOMMANDS and "demo" in SUBCOMMANDS and "dash" in SUBCOMMANDS

@@ -1,0 +1,195 @@
+"""One tier: occupancy bar with its watermarks, sizes, health, rates, fetch latency."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import Static
+
+from ..format import (
+    fmt_bytes,
+    fmt_duration,
+    fmt_pct,
+    fmt_rate,
+    occupancy_cells,
+    resample,
+    sparkline,
+)
+from ..frame import TierFrame
+from ..palette import SEVERITY_SYMBOLS, Palette
+
+__all__ = ["TierPanel", "health_label", "tier_text"]
+
+
+def health_label(t: TierFrame) -> str:
+    """The tier's state in words: ``OK``, ``⚠ DEGRADED: why``, ``✖ DOWN: why``, faults."""
+    if t.disabled:
+        return "DISABLED"
+    label = SEVERITY_SYMBOLS.get(t.health, f"⚠ {t.health.upper()}")
+    if t.health != "ok" and t.health_reason:
+        label += f": {t.health_reason}"
+    if t.faults:
+        label += "  ⚡ fault " + ",".join(t.faults)
+    return label
+
+
+def _rate(x: float | None, unit: str = "/s") -> str:
+    return f"{fmt_rate(x)}{unit}"
+
+
+def tier_text(t: TierFrame, width: int, p: Palette) -> Text:
+    """The panel body for ``width`` columns."""
+    width = max(width, 30)
+    w = t.window
+    out = Text(no_wrap=True, overflow="ellipsis")
+
+    # Line 1: the bar with H/L marks, fill, bytes.
+    used = fmt_bytes(t.used_bytes)
+    cap = fmt_bytes(t.capacity_bytes or None)
+    tail = f" {fmt_pct(t.occupancy):>6}  {used}/{cap}"
+    bar_w = max(10, width - len(tail) - 2)
+    over = (t.occupancy is not None and t.high is not None and t.occupancy > t.high + 1e-9)
+    fill_style = p.bad if t.health == "down" else (p.warn if over else p.fill)
+    out.append("▕", style=p.muted)
+    styles = {"fill": fill_style, "empty": p.empty, "mark-fill": f"bold reverse {fill_style}",
+              "mark": f"bold {p.accent}"}
+    run, run_role = "", ""
+    for ch, role in occupancy_cells(t.occupancy, bar_w, t.low, t.high):
+        if role != run_role and run:  # one span per run of cells alike (rendering is per span)
+            out.append(run, style=styles[run_role])
+            run = ""
+        run += ch
+        run_role = role
+    if run:
+        out.append(run, style=styles[run_role])
+    out.append("▏", style=p.muted)
+    out.append(tail)
+    out.append("\n")
+
+    # Line 2: settings and the hit ratio.
+    hi = f"{t.high:.2f}" if t.high is not None else "-"
+    lo = f"{t.low:.2f}" if t.low is not None else "-"
+    blocks = f"{t.used_blocks:,}" if t.used_blocks is not None else "-"
+    out.append("hi ", style=p.muted).append(hi, style="bold")
+    out.append("  lo ", style=p.muted).append(lo, style="bold")
+    out.append("  blocks ", style=p.muted).append(blocks)
+    out.append("  policy ", style=p.muted).append(t.policy or "-", style="bold")
+    out.append("  hit ", style=p.muted).append(fmt_pct(w.get("hit_ratio")), style="bold")
+    if over:
+        out.append("  ⚠ above high", style=f"bold {p.warn}")
+    errors = w.get("errors_per_s")
+    if errors:
+        out.append(f"  ⚠ {fmt_rate(errors)} errors/s", style=f"bold {p.bad}")
+    out.append("\n")
+
+    # Line 3: movement rates.
+    out.append("evict ", style=p.muted).append(_rate(w.get("evictions_per_s")))
+    out.append("  promote ", style=p.muted).append(_rate(w.get("promotions_per_s")))
+    out.append("  demote ", style=p.muted).append(_rate(w.get("demotions_per_s")))
+    out.append("  drop ", style=p.muted).append(_rate(w.get("drops_per_s")))
+    out.append("  in ", style=p.muted).append(f"{fmt_bytes(w.get('bytes_in_per_s'))}/s")
+    out.append("  out ", style=p.muted).append(f"{fmt_bytes(w.get('bytes_out_per_s'))}/s")
+    out.append("\n")
+
+    # Line 4: fetch latency with its p99 history.
+    head = (f"get p50 {fmt_duration(w.get('get_p50_s')):>7}  "
+            f"p99 {fmt_duration(w.get('get_p99_s')):>7}  ")
+    peak = t.p99_series.peak()
+    peak_txt = f" ≤{fmt_duration(peak)}" if peak is not None else ""
+    spark_w = max(0, width - len(head) - len(peak_txt))
+    s = t.p99_series
+    out.append(head[:3], style=p.muted).append(head[3:])
+    out.append(sparkline(resample(s.times, s.values, spark_w, s.start, s.end)), style=p.primary)
+    out.append(peak_txt, style=p.muted)
+    out.append("\n")
+
+    # Line 5: occupancy history, 0..100%.
+    s = t.occupancy_series
+    label = "occupancy 0-100% "
+    out.append(label, style=p.muted)
+    out.append(
+        sparkline(resample(s.times, s.values, max(0, width - len(label)), s.start, s.end),
+                  lo=0.0, hi=1.0),
+        style=p.fill,
+    )
+    out.append("\n")
+
+    # Line 6: what the tier really is.
+    what = t.description or t.kind or "?"
+    if t.emulated:
+        what = "EMULATED" + (f" ({t.fallback_reason})" if t.fallback_reason else "") + " · " + what
+    if t.tier_read_only:
+        what = "read-only · " + what
+    out.append(what, style=p.muted)
+    return out
+
+
+class TierPanel(Static):
+    """A tier's panel. Click it (or press its number) to make it the tier controls act on."""
+
+    DEFAULT_CSS = """
+    TierPanel {
+        height: 8;
+        border: round $panel-lighten-2;
+        border-title-color: $text;
+        border-title-style: bold;
+        border-subtitle-color: $text;
+        padding: 0 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    TierPanel.-selected { border: heavy $accent; }
+    TierPanel.-degraded { border-subtitle-color: $text-warning; }
+    TierPanel.-down { border: heavy $error; border-subtitle-color: $text-error; }
+    """
+
+    class Selected(Message):
+        """The user clicked the panel of tier ``index``."""
+
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+    def __init__(self, index: int, name: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.index = index
+        self.tier_name = name
+        self.frame: TierFrame | None = None
+        self._palette = Palette()
+        self._last: tuple[object, ...] | None = None
+        self.selected = False
+
+    def show(self, frame: TierFrame, palette: Palette, selected: bool) -> None:
+        """Render ``frame`` (does nothing when nothing visible changed)."""
+        self.frame = frame
+        self._palette = palette
+        self.index = frame.index
+        self.selected = selected
+        self._render_now()
+
+    def _render_now(self) -> None:
+        t = self.frame
+        if t is None:
+            return
+        width = self.content_size.width or 80
+        body = tier_text(t, width, self._palette)
+        marker = "▶ " if self.selected else ""
+        title = f"{marker}{t.index + 1} {t.name} · {t.kind or '?'}"
+        subtitle = health_label(t)
+        key = (body.plain, tuple(body.spans), title, subtitle, self.selected, t.health)
+        if key == self._last:
+            return
+        self._last = key
+        self.border_title = title
+        self.border_subtitle = subtitle
+        self.set_class(self.selected, "-selected")
+        self.set_class(t.health == "degraded" or bool(t.faults), "-degraded")
+        self.set_class(t.health == "down", "-down")
+        self.update(body, layout=False)
+
+    def on_resize(self) -> None:
+        self._last = None
+        self._render_now()
+
+    def on_click(self) -> None:
+        self.post_message(self.Selected(self.index))
