@@ -161,6 +161,8 @@ class ModelRuntime(TierControl):
                 next_tick = now + config.tick_s
             if deadline is not None and now >= deadline:
                 break
+            if getattr(self.workload, "exhausted", False) and not self.queue:
+                break  # a replayed trace is over and served
             if self.paused or not self.queue:
                 wake = next_tick
                 if not self.paused:

@@ -41,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="shared system prompts new conversations start with (0: none)")
     load.add_argument("--system-prompt-len", type=int, default=96)
     load.add_argument("--duration", type=float, default=None, help="seconds, then exit")
+    load.add_argument("--trace", metavar="FILE",
+                      help="replay a trace instead of the generated workload: Mooncake JSONL, "
+                           "BurstGPT, Azure or Splitwise CSV; ends when the trace is served")
+    load.add_argument("--trace-format", choices=["mooncake", "burstgpt", "azure", "splitwise"],
+                      help="the trace's format (default: detected)")
+    load.add_argument("--speed", type=float, default=1.0,
+                      help="trace time scaling (2.0 replays twice as fast)")
+    load.add_argument("--max-requests", type=int, default=None, help="stop the trace after N")
 
     net = parser.add_argument_group("telemetry and control")
     net.add_argument("--publish", default="tcp://127.0.0.1:5557", help="telemetry PUB address")
@@ -129,6 +137,20 @@ def run(args: argparse.Namespace) -> int:
             recorder = record_runtime(args.record, runtime.addresses)
         except (RecordingError, OSError, ValueError) as exc:
             print(f"tiertop run: --record: {exc}", file=sys.stderr)
+            runtime.close()
+            return 2
+    if args.trace:
+        from .trace_workload import TraceWorkload
+        from .traces import TraceError
+
+        info = runtime.model.info
+        try:
+            runtime.workload = TraceWorkload(  # type: ignore[assignment]
+                args.trace, args.trace_format, vocab_size=info.vocab_size,
+                max_context=info.n_positions, seed=args.seed, speed=args.speed,
+                max_requests=args.max_requests)
+        except (TraceError, OSError, ValueError) as exc:
+            print(f"tiertop run: --trace: {exc}", file=sys.stderr)
             runtime.close()
             return 2
     signal.signal(signal.SIGTERM, lambda *_: runtime.stop())

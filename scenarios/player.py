@@ -57,8 +57,9 @@ from tiertop.monitor.state import StateModel
 from tiertop.monitor.subscriber import TelemetrySubscriber
 from tiertop.monitor.summary import Phase, PhaseResult, PhaseSummarizer, Summary, render_summary
 from tiertop.monitor.vllm_events import KvEventBatch
+from tiertop.runtime.trace_workload import TraceWorkload
 
-from .format import METRICS, OPS, Action, Expectation, Scenario, TraceSetup, format_value
+from .format import METRICS, OPS, Action, Expectation, Scenario, format_value
 
 __all__ = ["ActionResult", "CheckResult", "PlayError", "PlayResult", "Player", "play"]
 
@@ -457,64 +458,6 @@ class _SimLoop:
             self.thread.join(timeout=10)
 
 
-# ------------------------------------------------------------------------ trace for the model
-
-
-class TraceWorkload:
-    """The model runtime's workload interface over a trace: requests arrive at the trace's
-    times with token ids that repeat where the trace's blocks repeat
-    (:class:`~tiertop.runtime.traces.TraceTokens`); contexts longer than the model's window are
-    cut to fit (counted in :attr:`clipped`). Open loop: completions change nothing."""
-
-    def __init__(self, setup: TraceSetup, *, vocab_size: int, max_context: int,
-                 seed: int) -> None:
-        from tiertop.runtime.sim.replay import trace_block_tokens
-        from tiertop.runtime.traces import TracePlayer, TraceReader, TraceTokens
-
-        block = trace_block_tokens(setup.path, setup.format, 16)
-        reader = TraceReader(setup.path, format=setup.format, speed=setup.speed,
-                             start_s=setup.start_s, max_requests=setup.max_requests,
-                             block_size=block)
-        self._player = TracePlayer(reader)
-        self._tokens = TraceTokens(block, vocab_size, seed)
-        self._max_context = max_context
-        self.issued = 0
-        self.clipped = 0
-
-    @property
-    def next_arrival_s(self) -> float:
-        return self._player.next_arrival_s
-
-    def requests_until(self, t: float) -> list[Any]:
-        from tiertop.runtime.workload import Request
-
-        out = []
-        for row in self._player.requests_until(t):
-            request = self._tokens.to_request(row, self.issued)
-            self.issued += 1
-            limit = self._max_context
-            max_new = min(request.max_new_tokens, max(1, limit // 4))
-            context = request.context_tokens
-            if len(context) + max_new > limit or max_new != request.max_new_tokens:
-                self.clipped += 1
-                context = context[:max(1, limit - max_new)]
-                request = Request(request.request_id, request.conversation_id, request.turn,
-                                  request.arrival_s, context, len(context), max_new)
-            out.append(request)
-        return out
-
-    def complete(self, request: Any, output_ids: Any) -> None:
-        return None
-
-    def abandon(self, request: Any) -> None:
-        return None
-
-    def apply_set_workload(self, changes: Mapping[str, float | int]) -> Any:
-        from tiertop.runtime.workload import WorkloadError
-
-        raise WorkloadError("workload", "replaying a trace: the workload is the trace")
-
-
 # ------------------------------------------------------------------------------------ playing
 
 
@@ -787,8 +730,9 @@ class Player:
             if s.trace is not None:
                 info = runtime.model.info
                 runtime.workload = TraceWorkload(  # type: ignore[assignment]
-                    s.trace, vocab_size=info.vocab_size, max_context=info.n_positions,
-                    seed=s.seed)
+                    s.trace.path, s.trace.format, vocab_size=info.vocab_size,
+                    max_context=info.n_positions, seed=s.seed, speed=s.trace.speed,
+                    start_s=s.trace.start_s, max_requests=s.trace.max_requests)
             stream = _Stream(runtime.addresses, phases, origin=None)
             recorder = self._recorder(runtime.addresses)
             stream.join()

@@ -105,3 +105,27 @@ def test_watermark_and_policy_changes_take_effect(runtime: dict[str, str]) -> No
     finally:
         client.close()
         sub.close()
+
+
+def test_run_replays_a_trace_and_stops_when_it_is_served(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        '{"timestamp": 0, "input_length": 600, "output_length": 4, "hash_ids": [7, 8]}\n'
+        '{"timestamp": 100, "input_length": 600, "output_length": 4, "hash_ids": [7, 8]}\n'
+        '{"timestamp": 200, "input_length": 900, "output_length": 4, "hash_ids": [7, 8]}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tiertop", "run", "--trace", str(trace), "--speed", "4",
+         "--publish", "tcp://127.0.0.1:0", "--control", "tcp://127.0.0.1:0",
+         "--replay", "tcp://127.0.0.1:0", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "served 3 requests (0 failed" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "tiertop", "run", "--trace", str(tmp_path / "missing.jsonl"),
+         "--publish", "tcp://127.0.0.1:0", "--control", "tcp://127.0.0.1:0",
+         "--replay", "tcp://127.0.0.1:0", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "--trace:" in bad.stderr
