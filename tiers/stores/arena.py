@@ -28,22 +28,11 @@ from ..block import BlockHash, BlockHeader
 from ..errors import StoreFull, StoreUnavailable
 from ..health import Health
 from ..store import TierStore
+from ..units import format_bytes
 
 DEFAULT_SLOT_BYTES = 256
 """Slot size when a store is given none: small enough that a block wastes < 256 B, aligned for
 AVX-512 copies and for CUDA (whose own allocations are 256 B aligned)."""
-
-
-def format_bytes(nbytes: float) -> str:
-    """``nbytes`` in binary units with up to three significant figures: '64 MiB', '1.5 GiB'."""
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            if unit == "B" or value == int(value):
-                return f"{int(value)} {unit}"
-            return f"{value:.3g} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def round_up(value: int, multiple: int) -> int:

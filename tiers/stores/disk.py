@@ -73,6 +73,7 @@ from ..block import Block, BlockHash, BlockHeader, checksum
 from ..errors import BlockCorrupt, StoreFull, StoreUnavailable
 from ..health import Health
 from ..store import Buffer, TierStore
+from ..units import format_bytes
 
 FsyncPolicy = Literal["never", "always", "batch"]
 ExcessPolicy = Literal["error", "drop_oldest"]
@@ -243,8 +244,8 @@ class DiskStore(TierStore):
             if on_excess == "error":
                 raise ValueError(
                     f"tier {self.name!r}: {self._root} holds {len(found)} blocks of "
-                    f"{total} B ({_fmt_bytes(total)}), more than the capacity of "
-                    f"{self._capacity} B ({_fmt_bytes(self._capacity)}); open it with a capacity "
+                    f"{total} B ({format_bytes(total)}), more than the capacity of "
+                    f"{self._capacity} B ({format_bytes(self._capacity)}); open it with a capacity "
                     f"of at least {total} B, or with on_excess='drop_oldest' to remove the "
                     "oldest blocks"
                 )
@@ -499,7 +500,7 @@ class DiskStore(TierStore):
 
     def describe(self) -> str:
         try:
-            free = f"{_fmt_bytes(self.free_bytes())} free"
+            free = f"{format_bytes(self.free_bytes())} free"
         except OSError:
             free = "free space unknown"
         if self.fsync == "batch":
@@ -688,12 +689,3 @@ def _filesystem_type(path: str) -> str:
         if inside and len(mount) >= len(best):
             best, fs_type = mount, right.split()[0]
     return fs_type
-
-
-def _fmt_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" or value >= 10 else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -19,7 +19,8 @@ from ..numa_topology import (
     Placement,
     discover_topology,
 )
-from .arena import DEFAULT_SLOT_BYTES, format_bytes, round_up
+from ..units import format_bytes
+from .arena import DEFAULT_SLOT_BYTES, round_up
 from .dram import DramStore
 from .emulated import EmulatedStore, format_latency, format_rate
 
