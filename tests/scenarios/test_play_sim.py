@@ -226,13 +226,11 @@ metric = "no_wrong_kv"
 
 
 def test_the_model_replays_a_trace_with_repeating_tokens(tmp_path: Path) -> None:
+    from tiertop.runtime.trace_workload import TraceWorkload
     from tiertop.runtime.workload import WorkloadError
-    from tiertop.scenarios.format import TraceSetup
-    from tiertop.scenarios.player import TraceWorkload
 
     trace = _mooncake(tmp_path / "trace.jsonl")
-    workload = TraceWorkload(TraceSetup(trace, speed=2.0), vocab_size=1000, max_context=1024,
-                             seed=0)
+    workload = TraceWorkload(trace, speed=2.0, vocab_size=1000, max_context=1024, seed=0)
     assert workload.next_arrival_s == 0.0
     first = workload.requests_until(0.5)  # speed 2: the first 5 arrivals (0, 125, ... 500 ms)
     assert [r.request_id for r in first] == [0, 1, 2, 3, 4]
