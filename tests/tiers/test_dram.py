@@ -10,8 +10,9 @@ import pytest
 from tiertop.tiers.block import Block
 from tiertop.tiers.errors import StoreFull, StoreUnavailable
 from tiertop.tiers.health import Health
-from tiertop.tiers.stores.arena import SpanAllocator, format_bytes
+from tiertop.tiers.stores.arena import SpanAllocator
 from tiertop.tiers.stores.dram import DramStore
+from tiertop.tiers.units import format_bytes
 
 KIB = 1024
 

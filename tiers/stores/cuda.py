@@ -21,7 +21,8 @@ import numpy as np
 from ..block import Block, BlockHash
 from ..errors import StoreUnavailable
 from ..store import Buffer
-from .arena import DEFAULT_SLOT_BYTES, ArenaStore, format_bytes, round_up
+from ..units import format_bytes
+from .arena import DEFAULT_SLOT_BYTES, ArenaStore, round_up
 from .dram import as_byte_array, writable_bytes
 
 
