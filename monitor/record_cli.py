@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .key_options import add_client_key_arguments, client_curve_from_args
 from .watch_cli import DEFAULT_CONNECT
 
 
@@ -51,10 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up with status 1 if nothing arrives within S seconds")
     parser.add_argument("--scenario", default=None, metavar="FILE",
                         help="scenario file whose text goes into the recording's header")
-    parser.add_argument("--client-key", default=None, metavar="FILE",
-                        help="CurveZMQ: this client's NAME.key_secret (with --server-key)")
-    parser.add_argument("--server-key", default=None, metavar="FILE",
-                        help="CurveZMQ: the runtime's public NAME.key (with --client-key)")
+    add_client_key_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,18 +69,11 @@ def run(args: argparse.Namespace) -> int:
     def err(text: str) -> None:
         print(f"tiertop record: {text}", file=sys.stderr, flush=True)
 
-    if (args.client_key is None) != (args.server_key is None):
-        err("--client-key and --server-key go together")
+    try:
+        curve = client_curve_from_args(args)
+    except ValueError as exc:
+        err(str(exc))
         return 2
-    curve = None
-    if args.client_key is not None:
-        from .security import ClientCurve
-
-        try:
-            curve = ClientCurve.from_files(args.client_key, args.server_key)
-        except (OSError, ValueError) as exc:
-            err(str(exc))
-            return 2
     scenario = None
     if args.scenario is not None:
         try:

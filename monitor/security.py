@@ -379,3 +379,4 @@ def apply_client_curve(socket: zmq.Socket[bytes], curve: ClientCurve) -> None:
     socket.setsockopt(zmq.CURVE_SERVERKEY, curve.server_public_key)
     socket.setsockopt(zmq.CURVE_PUBLICKEY, curve.keys.public_key)
     socket.setsockopt(zmq.CURVE_SECRETKEY, curve.keys.secret_key)
+

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Any
 
+from .key_options import add_client_key_arguments, client_curve_from_args
+
 DEFAULT_CONNECT = "tcp://127.0.0.1:5557"
 
 
@@ -38,10 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit after N prints (default: run until interrupted)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="exit with status 1 if nothing arrives within S seconds")
-    parser.add_argument("--client-key", default=None, metavar="FILE",
-                        help="CurveZMQ: this client's NAME.key_secret (with --server-key)")
-    parser.add_argument("--server-key", default=None, metavar="FILE",
-                        help="CurveZMQ: the runtime's public NAME.key (with --client-key)")
+    add_client_key_arguments(parser)
 
 
 def _finite_only(value: Any) -> Any:
@@ -62,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     import zmq
 
     from .render_text import render_table, watch_record
-    from .security import ClientCurve
     from .state import StateModel
     from .subscriber import TelemetrySubscriber
 
@@ -75,17 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         err("--count must be >= 1")
         return 2
-    if (args.client_key is None) != (args.server_key is None):
-        err("--client-key and --server-key go together")
+    try:
+        curve = client_curve_from_args(args)
+    except ValueError as exc:
+        err(str(exc))
         return 2
-
-    curve: ClientCurve | None = None
-    if args.client_key is not None:
-        try:
-            curve = ClientCurve.from_files(args.client_key, args.server_key)
-        except (OSError, ValueError) as exc:
-            err(str(exc))
-            return 2
 
     window = args.window if args.window is not None else max(args.interval, 1.0)
     model = StateModel(window_s=window)

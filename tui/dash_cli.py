@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tiertop.monitor.key_options import add_client_key_arguments, client_curve_from_args
+
 from .options import add_view_arguments, load_keymap
 
 DEFAULT_CONNECT = "tcp://127.0.0.1:5557"
@@ -25,10 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-addr", default=None, metavar="ADDR",
                         help="its replay/snapshot endpoint (default: the one its Hello "
                              "announces)")
-    parser.add_argument("--client-key", default=None, metavar="FILE",
-                        help="CurveZMQ: this client's NAME.key_secret (with --server-key)")
-    parser.add_argument("--server-key", default=None, metavar="FILE",
-                        help="CurveZMQ: the runtime's public NAME.key (with --client-key)")
+    add_client_key_arguments(parser)
     add_view_arguments(parser)
     # For benchmarks/dashboard.py: what the dashboard drew and ingested, as JSON, at exit.
     parser.add_argument("--stats-out", default=None, help=argparse.SUPPRESS)
@@ -63,24 +62,17 @@ def write_stats(path: str, app: object, session: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiertop.monitor.security import ClientCurve
-
     from .app import DashboardApp
     from .session import Endpoints, Session, connect_live
 
     def err(text: str) -> None:
         print(f"tiertop dash: {text}", file=sys.stderr, flush=True)
 
-    if (args.client_key is None) != (args.server_key is None):
-        err("--client-key and --server-key go together")
+    try:
+        curve = client_curve_from_args(args)
+    except ValueError as exc:
+        err(str(exc))
         return 2
-    curve = None
-    if args.client_key is not None:
-        try:
-            curve = ClientCurve.from_files(args.client_key, args.server_key)
-        except (OSError, ValueError) as exc:
-            err(str(exc))
-            return 2
     try:
         keymap = load_keymap(args.keymap)
     except ValueError as exc:
