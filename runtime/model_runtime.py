@@ -216,15 +216,15 @@ class ModelRuntime(TierControl):
 
     def publish_stats(self) -> None:
         assert self.publisher is not None
-        interval = max(time.time() - self.stats._last_clock, 1e-9)
         stats = self.stats.build(
             paused=self.paused,
             queue_depth=len(self.queue),
-            request_rate=self._tick_completed / interval,
-            tokens_per_s=self._tick_tokens / interval,
             prefix_query_tokens=self._prefix_query_tokens,
             prefix_hit_tokens=self._prefix_hit_tokens,
         )
+        interval = max(stats.interval_s, 1e-9)
+        stats.request_rate = self._tick_completed / interval
+        stats.tokens_per_s = self._tick_tokens / interval
         self._tick_completed = 0
         self._tick_tokens = 0
         self.publisher.publish(stats)

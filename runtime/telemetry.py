@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import psutil
 from tiertop.monitor.protocol import (
@@ -138,7 +137,7 @@ class StatsBuilder:
             errors=c.errors,
         )
         if store is not None:
-            sample.health_reason = "" if sample.health == "ok" else _health_reason(store)
+            sample.health_reason = store.health_reason
             sample.faults = [str(f.kind) for f in store.faults()]
             sample.corrupt = store.stats.corrupt
             previous = self._last_latency.setdefault(tier.name, {})
@@ -175,10 +174,3 @@ class StatsBuilder:
         self._last_clock = now
         return stats
 
-
-def _health_reason(store: object) -> str:
-    reason = getattr(store, "_medium_reason", "")
-    faults: list[Any] = getattr(store, "faults", list)()
-    if faults:
-        return "injected fault: " + ", ".join(str(f.kind) for f in faults)
-    return str(reason)

@@ -242,6 +242,14 @@ class TierStore(ABC):
             worst = max(worst, _FAULT_HEALTH[fault.kind], key=_severity)
         return worst
 
+    @property
+    def health_reason(self) -> str:
+        """Why the tier is not ok: its injected faults, else what its medium said ("" if ok)."""
+        faults = self.faults()
+        if faults:
+            return "injected fault: " + ", ".join(str(f.kind) for f in faults)
+        return "" if self.health is Health.OK else self._medium_reason
+
     def faults(self) -> list[Fault]:
         self._expire_faults()
         return list(self._faults.values())
