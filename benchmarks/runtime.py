@@ -12,9 +12,9 @@ token is generated (``max_new_tokens=1``), so TTFT = restore + prefill + first t
   all) were put into a one-tier hierarchy by serving the prefix once; each measured request
   restores them with ``hierarchy.get(key, out=slot)`` into the engine's reusable buffer, builds
   the ``DynamicCache`` and prefills only the 16 new tokens. Tiers: ``dram`` (host DRAM arena),
-  ``disk`` (one file per block; before every measured request the block files are fsynced and
-  dropped from the page cache with ``posix_fadvise(DONTNEED)``, so reads come from the device),
-  ``disk_pagecache`` (the same files left in the page cache), ``remote`` (a memory-server process
+  ``disk`` (the disk tier's slab file; before every measured request it is fsynced and dropped
+  from the page cache with ``posix_fadvise(DONTNEED)``, so reads come from the device),
+  ``disk_pagecache`` (the same file left in the page cache), ``remote`` (a memory-server process
   on loopback, codec raw) and ``remote_lz4``.
 
 Every measurement is repeated (``--repeats``, default 5) after one warm-up, the tiers and the
@@ -41,7 +41,7 @@ from tiertop.runtime.engine import ModelEngine, RequestResult
 from tiertop.runtime.model import load_model
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
 from tiertop.tiers.store import TierStore
-from tiertop.tiers.stores.disk import SUFFIX, DiskStore
+from tiertop.tiers.stores.disk import DATA_NAME, DiskStore
 from tiertop.tiers.stores.dram import DramStore
 from tiertop.tiers.stores.remote import MemServerProcess, RemoteStore, spawn_memserver
 
@@ -122,10 +122,10 @@ def log(message: str) -> None:
 
 
 def drop_page_cache(directory: Path) -> int:
-    """fsync every block file under ``directory`` and ask the kernel to drop its cached pages
-    (``POSIX_FADV_DONTNEED``); returns the number of files. Only these files are affected."""
+    """fsync the disk tier's slab file under ``directory`` and ask the kernel to drop its cached
+    pages (``POSIX_FADV_DONTNEED``); returns the number of files. Only that file is affected."""
     count = 0
-    for path in directory.glob(f"*/*{SUFFIX}"):
+    for path in directory.glob(DATA_NAME):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -181,12 +181,20 @@ class TierStore(ABC):
     def get(self, key: BlockHash, out: Buffer | None = None) -> Block | None:
         """The block as it was put, or None. Raises BlockCorrupt (block removed) or
         StoreUnavailable; a corrupt block is never returned (though ``out``, when given, may
-        already hold its bytes: a caller must not use ``out`` after an exception)."""
+        already hold its bytes: a caller must not use ``out`` after an exception).
+
+        A corrupt block is handled here for every medium, whether the checksum check below finds
+        it or the subclass's ``_get`` raises BlockCorrupt (damage it sees before a checksum can
+        be checked, e.g. a bad on-disk header): counted once, removed, forgotten, re-raised."""
         started = time.perf_counter_ns()
         self._check_faults(is_put=False)
         stats = self.stats
         stats.gets += 1
-        block = self._get(key, out) if key in self._sizes else None
+        try:
+            block = self._get(key, out) if key in self._sizes else None
+        except BlockCorrupt:
+            self._drop_corrupt(key, started)
+            raise
         if block is None:
             stats.misses += 1
             if key in self._sizes:  # the medium lost it (server restarted, file removed)
@@ -197,11 +205,7 @@ class TierStore(ABC):
         if corrupt_fault:
             block = _corrupted_copy(block)
         if (self.verify_on_get or corrupt_fault) and not block.verify():
-            stats.corrupt += 1
-            stats.misses += 1
-            self._delete(key)
-            self._forget(key)
-            stats.latency["get"].record(time.perf_counter_ns() - started)
+            self._drop_corrupt(key, started)
             raise BlockCorrupt(key, f"checksum mismatch in tier {self.name!r}")
         stats.hits += 1
         stats.bytes_out += block.header.nbytes
@@ -231,6 +235,17 @@ class TierStore(ABC):
 
     def _forget(self, key: BlockHash) -> None:
         self._used -= self._sizes.pop(key, 0)
+
+    def _drop_corrupt(self, key: BlockHash, started_ns: int) -> None:
+        """Count a corrupt block as a miss, remove it from the medium and forget it. A wrapper
+        whose inner store already did this (the key is gone) is not counted twice."""
+        stats = self.stats
+        if key in self._sizes:
+            stats.corrupt += 1
+            stats.misses += 1
+            self._delete(key)
+            self._forget(key)
+        stats.latency["get"].record(time.perf_counter_ns() - started_ns)
 
     # ---------------------------------------------------------------- health and faults
 

@@ -3,6 +3,7 @@ recomputes from there, producing exactly the no-cache output, in bounded time.""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from tiertop.runtime.model import LoadedModel, load_model
 from tiertop.tiers.health import Health
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
 from tiertop.tiers.store import TierStore
-from tiertop.tiers.stores.disk import HEADER_SIZE, SUFFIX, DiskStore
+from tiertop.tiers.stores.disk import BlockLocation, DiskStore
 from tiertop.tiers.stores.dram import DramStore
 from tiertop.tiers.stores.remote import RemoteStore, spawn_memserver
 
@@ -43,9 +44,18 @@ def no_cache_output(model: LoadedModel, context: list[int]) -> list[int]:
     return list(result.output_ids)
 
 
-def block_file(directory: Path, key: int) -> Path:
-    name = f"{key:016x}"
-    return directory / name[-2:] / f"{name}{SUFFIX}"
+def located(disk: DiskStore, key: int) -> BlockLocation:
+    where = disk.locate(key)
+    assert where is not None, f"block {key:#x} is not on disk"
+    return where
+
+
+def flip_byte(path: Path, offset: int, mask: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
 
 
 def test_flipped_byte_in_a_disk_block_is_a_miss(model: LoadedModel, tmp_path: Path) -> None:
@@ -56,20 +66,18 @@ def test_flipped_byte_in_a_disk_block_is_a_miss(model: LoadedModel, tmp_path: Pa
     expected = no_cache_output(model, context)
     assert engine.serve(context, NEW).output_ids == expected
     hashes = engine.hashes(context)
-    assert all(block_file(directory, key).is_file() for key in hashes)
+    assert all(key in disk for key in hashes)
 
     damaged = 4
-    path = block_file(directory, hashes[damaged])
-    data = bytearray(path.read_bytes())
-    data[HEADER_SIZE + 1000] ^= 0x01  # one bit of one K value of block 4
-    path.write_bytes(bytes(data))
+    where = located(disk, hashes[damaged])
+    flip_byte(where.path, where.payload_offset + 1000, 0x01)  # one bit of one K value of block 4
 
     result = engine.serve(context, NEW)
     assert result.prefix_tokens_restored == {"disk": damaged * BLOCK}
     assert result.recomputed_tokens == 170 - damaged * BLOCK
     assert result.output_ids == expected
     assert disk.stats.corrupt == 1
-    assert not path.exists() or hashes[damaged] in disk  # removed, or replaced by a good copy
+    assert hashes[damaged] in disk  # removed, then replaced by the recomputed copy
     # the recomputed block was put back; the next request restores the whole prefix again
     again = engine.serve(context, NEW)
     assert again.prefix_tokens_restored == {"disk": 10 * BLOCK}
@@ -87,10 +95,8 @@ def test_damaged_header_is_a_miss_too(model: LoadedModel, tmp_path: Path) -> Non
     context = tokens(100, seed=2)
     expected = no_cache_output(model, context)
     engine.serve(context, NEW)
-    path = block_file(directory, engine.hashes(context)[0])
-    data = bytearray(path.read_bytes())
-    data[20] ^= 0xFF  # inside the header
-    path.write_bytes(bytes(data))
+    where = located(disk, engine.hashes(context)[0])
+    flip_byte(where.path, where.offset + 20, 0xFF)  # inside the header
     result = engine.serve(context, NEW)
     assert result.restored_tokens == 0
     assert result.output_ids == expected
@@ -194,7 +200,8 @@ def test_block_lost_by_its_medium_is_a_miss(model: LoadedModel, tmp_path: Path) 
     context = tokens(100, seed=6)
     expected = no_cache_output(model, context)
     engine.serve(context, NEW)
-    block_file(directory, engine.hashes(context)[2]).unlink()
+    where = located(disk, engine.hashes(context)[2])
+    os.truncate(where.path, where.offset)  # the medium lost block 2 and everything after it
     result = engine.serve(context, NEW)
     assert result.restored_tokens == 2 * BLOCK
     assert result.output_ids == expected

@@ -1,52 +1,59 @@
-"""The disk tier: one file per block under a directory, written atomically, checked on the way out.
+"""The disk tier: KV blocks packed into one slab file under a directory, checked on the way out.
 
 Layout::
 
-    <directory>/.lock                 flock held while a DiskStore has the directory open
-    <directory>/<xx>/<key:016x>.kvb   one block; <xx> = the last two hex digits of the key
-    <directory>/<xx>/.<key>.<n>.tmp   a block being written (removed when found at open)
+    <directory>/.lock             flock held while a DiskStore has the directory open
+    <directory>/blocks.v2.slab    every block: 4 KiB-aligned runs of header slot + payload
 
-The 256 subdirectories keep any one directory small (a million blocks is ~4k files each). The last
-two hex digits are used rather than the first so that keys which are not hashes (sequential ids in
-tests and tools) spread as well as real chained hashes do.
+The format is in ``tiers/stores/disk_format.py`` and ``docs/tiers.md`` (disk section). One file,
+not one file per block: creating, renaming and removing a file per block cost more than writing
+a 256 KiB block (an inode and two directory updates each time); a slot in an open file costs two
+``pwrite`` calls to fill and one ``preadv`` to read.
 
-Every block file is a fixed 160-byte little-endian header followed by the payload bytes::
+A put reuses the run of a deleted block of the same size (its pages are likely cached), else
+grows the file by the record's span with ``posix_fallocate`` (a full medium says so before any
+byte is written). It writes the payload first and the header slot last, so a crash mid-put
+leaves either the run's old free header or an unfinished append at the end of the file, never a
+header in front of a payload it does not describe. A delete writes a free header over the
+record's header slot. A get reads header slot and payload with one ``preadv`` straight into the
+destination (the caller's ``out`` or a fresh array); the base class then verifies the payload
+checksum (``verify_on_get``). A header that is damaged, free, of another key or size, or a
+record cut short by the end of the file, raises :class:`BlockCorrupt`; the base class counts it,
+frees the run and forgets the block.
 
-    magic "TTKVBLK\\0" | version u16 | ndim u8 | flags u8 | header size u32 | key u64 | nbytes u64 |
-    payload checksum u64 | dtype 32s | codec 16s | shape 8 x u64 | header checksum u64
+Reopening a directory walks the slab file's headers (payloads are checked on each get; see
+``disk_scan.py``), adopts the newest record of every key oldest first, cuts off an unfinished
+append at the end, marks damaged runs and stale or dropped records free, and leaves files it does
+not recognise alone (all counted in :attr:`DiskStore.scan`). If the blocks found hold more bytes
+than the capacity, opening fails with a message saying so, unless ``on_excess="drop_oldest"``
+asks to remove the oldest blocks until they fit.
 
-Both checksums are xxh3-64 (``tiers.block.checksum``). A put writes header and payload with one
-``writev`` into a temporary file in the block's subdirectory, then ``os.replace`` gives it its real
-name, so a crash never leaves a half-written block under a block's name. A get reads header, payload
-and one probe byte with one ``readv`` straight into the destination buffer (the caller's ``out`` or
-a fresh array), then the base class verifies the payload checksum (``verify_on_get``). A file whose
-header is bad, whose size does not match its header, or whose payload fails its checksum is counted
-in ``stats.corrupt``, removed, and raised as :class:`BlockCorrupt`; the next get is a plain miss.
-
-Reopening a directory scans every block header (not payloads: those are checked on each get),
-adopts the valid blocks oldest first, removes temporary leftovers and corrupt block files, and
-leaves files it does not recognise alone (counted in :attr:`DiskStore.scan`). If the blocks found
-hold more bytes than the capacity, opening fails with a message saying so, unless
-``on_excess="drop_oldest"`` asks to remove the oldest blocks until they fit.
+Space: records of one size reuse each other's runs; other sizes leave holes. Before the file grows
+while its holes could hold the record and are a quarter of it or more, and when growing fails
+for lack of space while they could hold it, the store compacts: it slides every record down over
+the holes and cuts the file after the last one. :meth:`DiskStore.fragmentation` reports the
+cost (header slots and rounding, holes); the file is emptied when the last block goes.
 
 Durability (``fsync``):
 
 - ``"never"`` (default): data goes to the page cache; the kernel writes it back when it likes. A
-  crash or power loss can lose recent blocks or leave them zero-filled/truncated; the checksums turn
-  such blocks into misses, never wrong bytes. Right for a cache that is rebuilt anyway.
-- ``"always"``: each put fsyncs the block file before renaming it and the subdirectory after, so a
-  put that returned survives power loss. Costs one or two device flushes per put.
-- ``"batch"``: puts are renamed into place at once and their files kept open; every
-  ``fsync_every`` puts, or at the first put at least ``fsync_interval_s`` seconds after the last
-  flush, all pending files and their subdirectories are fsynced (also on :meth:`DiskStore.flush`
-  and :meth:`DiskStore.close`). There is no background thread: an idle store flushes at its next
-  put or at close. A crash loses at most the unflushed batch. A block whose fsync fails is removed
-  (its bytes may never reach the disk) and forgotten.
+  crash or power loss can lose recent blocks, bring back deleted ones (their bytes still checked)
+  or leave records with stale payloads; the checksums turn those into misses, never wrong bytes.
+  Right for a cache that is rebuilt anyway.
+- ``"always"``: each put fsyncs the slab file before it returns, so a put that returned survives
+  power loss. Costs one device flush per put. Deletes are not flushed (a crash may bring a
+  deleted block back).
+- ``"batch"``: every ``fsync_every`` puts, or at the first put at least ``fsync_interval_s``
+  seconds after the last flush, the slab file is fsynced once for all puts since the last flush
+  (also on :meth:`DiskStore.flush` and :meth:`DiskStore.close`). There is no background thread:
+  an idle store flushes at its next put or at close. A crash loses at most the unflushed batch.
+  If the fsync fails, every block of the batch is removed (its bytes may never reach the disk),
+  and the put or flush that ran it fails.
 
-A full medium (ENOSPC or EDQUOT while creating, writing, fsyncing or closing) removes the temporary
-file, marks the tier ``degraded`` and makes the put raise :class:`StoreFull`; blocks already stored
-are untouched. The next successful put sets the tier back to ``ok``. Other I/O errors raise
-:class:`StoreUnavailable` (also marking the tier degraded).
+A full medium (ENOSPC or EDQUOT while growing, writing or fsyncing) undoes the put, marks the tier
+``degraded`` and makes the put raise :class:`StoreFull`; blocks already stored are untouched. The
+next successful put sets the tier back to ``ok``. Other I/O errors raise :class:`StoreUnavailable`
+(also marking the tier degraded).
 
 One process owns a directory at a time (``flock`` on ``.lock``); a second DiskStore on the same
 directory fails at construction with StoreUnavailable. Like the other stores, a DiskStore is not
@@ -60,7 +67,6 @@ import errno
 import fcntl
 import os
 import re
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,70 +75,54 @@ from typing import ClassVar, Literal, NoReturn
 
 import numpy as np
 
-from ..block import Block, BlockHash, BlockHeader, checksum
-from ..errors import BlockCorrupt, StoreFull, StoreUnavailable
+from ..block import Block, BlockHash
+from ..errors import BlockCorrupt, StoreFull, StoreUnavailable, TierError
 from ..health import Health
 from ..store import Buffer, TierStore
 from ..units import format_bytes
+from .arena import Fragmentation
+from .disk_format import (
+    DATA_NAME,
+    SLOT_BYTES,
+    BadSlot,
+    pack_block_header,
+    pack_free_header,
+    parse_header,
+    record_span,
+)
+from .disk_scan import DiskScan, FoundRecord, newest_per_key, walk_slab
+from .disk_space import SlabSpace
 
 FsyncPolicy = Literal["never", "always", "batch"]
 ExcessPolicy = Literal["error", "drop_oldest"]
 
-MAGIC = b"TTKVBLK\x00"
-FORMAT_VERSION = 1
-MAX_NDIM = 8
-_HEADER = struct.Struct("<8sHBBIQQQ32s16s8QQ")
-HEADER_SIZE = _HEADER.size  # 160
-_HEADER_CHECKED = HEADER_SIZE - 8  # the header checksum covers everything before it
-_DTYPE_LEN = 32
-_CODEC_LEN = 16
-SUFFIX = ".kvb"
 LOCK_NAME = ".lock"
-_BLOCK_NAME = re.compile(r"[0-9a-f]{16}\.kvb")
-_TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.[0-9]+\.tmp")
-_SUBDIR_NAME = re.compile(r"[0-9a-f]{2}")
+_OTHER_VERSION = re.compile(r"blocks\.v[0-9]+\.slab")
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_FALLOCATE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOSYS})
 _FSYNC_POLICIES = ("never", "always", "batch")
 _EXCESS_POLICIES = ("error", "drop_oldest")
 
-
-class _BadBlockFile(Exception):
-    """A block file whose header or size is not what this format writes."""
+__all__ = ["DATA_NAME", "SLOT_BYTES", "BlockLocation", "DiskScan", "DiskStore"]
 
 
-class _UnsupportedVersion(Exception):
-    """A block file from another format version (left alone, not treated as corrupt)."""
+@dataclass(frozen=True, slots=True)
+class BlockLocation:
+    """Where a block's bytes are in the slab file (for tools and tests that inspect the medium)."""
 
-
-@dataclass(slots=True)
-class DiskScan:
-    """What opening the directory found."""
-
-    blocks: int = 0  # valid blocks adopted
-    bytes: int = 0  # their payload bytes
-    temp_removed: int = 0  # leftovers of interrupted writes, removed
-    corrupt_removed: int = 0  # block files with a bad header or size, removed
-    dropped: int = 0  # valid blocks removed to fit the capacity (on_excess="drop_oldest")
-    dropped_bytes: int = 0
-    foreign: int = 0  # files or directories this store did not write (left alone)
-    unsupported: int = 0  # block files of another format version (left alone)
-    seconds: float = 0.0
-
-
-@dataclass(slots=True)
-class _Found:
-    key: BlockHash
+    path: Path
+    offset: int  # the record's header slot
+    payload_offset: int
     nbytes: int
-    mtime_ns: int
-    path: str
 
 
 class DiskStore(TierStore):
-    """KV blocks as files under ``directory``, one per block, with checksummed headers.
+    """KV blocks packed into one slab file under ``directory``, with checksummed headers.
 
     Args:
         name: The tier's name.
-        capacity_bytes: Payload bytes the tier may hold (headers and filesystem rounding excluded).
+        capacity_bytes: Payload bytes the tier may hold (header slots, rounding to 4 KiB and
+            holes excluded: see :meth:`fragmentation`).
         directory: Where the blocks live; created if missing. Blocks already there are adopted.
         fsync: Durability policy, ``"never"`` (default), ``"always"`` or ``"batch"`` (module
             docstring).
@@ -140,7 +130,7 @@ class DiskStore(TierStore):
         fsync_interval_s: With ``fsync="batch"``, flush at the first put this long after the
             last flush.
         on_excess: When the blocks found at open exceed the capacity: ``"error"`` (raise
-            ValueError, nothing removed) or ``"drop_oldest"`` (remove the oldest until they fit).
+            ValueError, nothing changed) or ``"drop_oldest"`` (remove the oldest until they fit).
 
     Raises:
         ValueError: A bad argument, or more bytes on disk than the capacity with
@@ -175,15 +165,22 @@ class DiskStore(TierStore):
         self.fsync_every = int(fsync_every)
         self.fsync_interval_s = float(fsync_interval_s)
         self.directory = Path(os.path.abspath(directory))
+        self.data_path = self.directory / DATA_NAME
         self._root = str(self.directory)
-        self._subdirs: set[str] = set()
-        self._pending: dict[BlockHash, tuple[int, str]] = {}  # batch: key -> (open fd, subdir)
+        self._offsets: dict[BlockHash, int] = {}  # key -> offset of the record's header slot
+        self._space = SlabSpace()
+        self._unflushed: dict[BlockHash, int] = {}  # batch: key -> span, since the last flush
+        self._generation = 1  # of the next put
+        self._head = bytearray(SLOT_BYTES)  # header slot being written (zero past the header)
+        self._free_head = bytearray(SLOT_BYTES)  # free header being written
+        self._head_in = bytearray(SLOT_BYTES)  # header slot being read
+        self._preallocate = True  # posix_fallocate works on this filesystem
         self._last_flush = time.monotonic()
-        self._temp_seq = 0
         self._closed = False
         self._medium_failed = False  # an I/O failure of ours set the medium health to degraded
         self.enospc_count = 0  # puts refused because the medium was full
         self.flushes = 0  # batch flushes done
+        self.compactions = 0  # times the slab file was compacted
         try:
             os.makedirs(self._root, exist_ok=True)
         except OSError as exc:
@@ -191,163 +188,201 @@ class DiskStore(TierStore):
         self._lock_fd = _lock_directory(name, self._root)
         try:
             self._fs_type = _filesystem_type(self._root)
-            self.scan = self._scan(on_excess)
-            self._make_subdirs()
+            self._fd = self._open_data_file()
+            try:
+                self.scan = self._scan(on_excess)
+            except BaseException:
+                os.close(self._fd)
+                raise
         except BaseException:
             os.close(self._lock_fd)
             raise
 
-    # ---------------------------------------------------------------- paths
+    def _open_data_file(self) -> int:
+        path = str(self.data_path)
+        created = not os.path.exists(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if created and self.fsync != "never":
+                _fsync_dir(self._root)  # the file's name survives a crash too
+        except OSError as exc:
+            raise StoreUnavailable(f"tier {self.name!r}: cannot open {path}: {exc}") from exc
+        return fd
 
-    @staticmethod
-    def _names(key: BlockHash) -> tuple[str, str]:
-        hexkey = f"{key:016x}"
-        return hexkey[-2:], hexkey + SUFFIX
-
-    def path_of(self, key: BlockHash) -> Path:
-        """Where the block with this key lives (or would live)."""
-        sub, fname = self._names(key)
-        return self.directory / sub / fname
-
-    def _make_subdirs(self) -> None:
-        """Create the 256 fan-out directories up front (a few ms once) so puts never mkdir."""
-        for i in range(256):
-            sub = f"{i:02x}"
-            if sub not in self._subdirs:
-                try:
-                    os.mkdir(os.path.join(self._root, sub))
-                except FileExistsError:
-                    pass
-                except OSError:
-                    return  # e.g. a full disk: puts create what is missing (and report why)
-                self._subdirs.add(sub)
-
-    # ---------------------------------------------------------------- open: scan what is there
+    # ---------------------------------------------------------------- open: adopt what is there
 
     def _scan(self, on_excess: ExcessPolicy) -> DiskScan:
         started = time.perf_counter()
         scan = DiskScan()
-        found: list[_Found] = []
-        with os.scandir(self._root) as entries:
-            top = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        for entry_name, is_dir in sorted(top):
-            if entry_name == LOCK_NAME:
-                continue
-            if not (is_dir and _SUBDIR_NAME.fullmatch(entry_name)):
-                scan.foreign += 1
-                continue
-            self._subdirs.add(entry_name)
-            self._scan_subdir(entry_name, scan, found)
-        found.sort(key=lambda f: (f.mtime_ns, f.key))
-        total = sum(f.nbytes for f in found)
-        if total > self._capacity:
-            if on_excess == "error":
-                raise ValueError(
-                    f"tier {self.name!r}: {self._root} holds {len(found)} blocks of "
-                    f"{total} B ({format_bytes(total)}), more than the capacity of "
-                    f"{self._capacity} B ({format_bytes(self._capacity)}); open it with a capacity "
-                    f"of at least {total} B, or with on_excess='drop_oldest' to remove the "
-                    "oldest blocks"
-                )
-            while found and total > self._capacity:
-                oldest = found.pop(0)
-                _unlink_quietly(oldest.path)
-                total -= oldest.nbytes
-                scan.dropped += 1
-                scan.dropped_bytes += oldest.nbytes
-        for f in found:
-            self._adopt(f.key, f.nbytes)
-        scan.blocks = len(found)
-        scan.bytes = total
+        self._count_other_entries(scan)
+        walk = walk_slab(self._fd)
+        kept, stale = newest_per_key(walk.records)
+        dropped = self._over_capacity(kept, on_excess)  # before any write: refusing changes nothing
+        freed = walk.damaged + [(r.offset, r.span) for r in stale + dropped]
+        end = walk.size if walk.torn_at is None else walk.torn_at
+        if not kept:
+            end = 0  # nothing to keep: start the file afresh
+        self._repair(freed, end, walk.size)
+        space = self._space
+        space.end = end
+        for offset, span in walk.free + freed:
+            if offset < end:
+                space.add_hole(offset, span)
+        for record in kept:
+            space.add_record(record.span)
+            self._offsets[record.key] = record.offset
+            self._adopt(record.key, record.nbytes)
+        self._generation = max((r.generation for r in walk.records), default=0) + 1
+        scan.blocks = len(kept)
+        scan.bytes = sum(r.nbytes for r in kept)
+        scan.torn_removed = int(walk.torn_at is not None)
+        scan.corrupt_removed = len(walk.damaged)
+        scan.stale_removed = len(stale)
+        scan.dropped = len(dropped)
+        scan.dropped_bytes = sum(r.nbytes for r in dropped)
         self.stats.corrupt += scan.corrupt_removed
         scan.seconds = time.perf_counter() - started
         return scan
 
-    def _scan_subdir(self, sub: str, scan: DiskScan, found: list[_Found]) -> None:
-        subpath = os.path.join(self._root, sub)
-        with os.scandir(subpath) as entries:
+    def _over_capacity(self, kept: list[FoundRecord], on_excess: ExcessPolicy) -> list[FoundRecord]:
+        """The oldest of ``kept`` (removed from it) that must go for the rest to fit."""
+        total = sum(r.nbytes for r in kept)
+        if total <= self._capacity:
+            return []
+        if on_excess == "error":
+            raise ValueError(
+                f"tier {self.name!r}: {self._root} holds {len(kept)} blocks of "
+                f"{total} B ({format_bytes(total)}), more than the capacity of "
+                f"{self._capacity} B ({format_bytes(self._capacity)}); open it with a capacity "
+                f"of at least {total} B, or with on_excess='drop_oldest' to remove the "
+                "oldest blocks"
+            )
+        dropped: list[FoundRecord] = []
+        while kept and total > self._capacity:
+            oldest = kept.pop(0)
+            dropped.append(oldest)
+            total -= oldest.nbytes
+        return dropped
+
+    def _repair(self, freed: list[tuple[int, int]], end: int, size: int) -> None:
+        """Mark the ``freed`` runs free on disk and cut the file at ``end``."""
+        try:
+            for offset, span in freed:
+                if offset < end:
+                    self._write_free_header(offset, span)
+            if end != size:
+                os.ftruncate(self._fd, end)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"tier {self.name!r}: cannot repair {self.data_path}: {exc}"
+            ) from exc
+
+    def _count_other_entries(self, scan: DiskScan) -> None:
+        with os.scandir(self._root) as entries:
             names = [e.name for e in entries]
-        for fname in names:
-            path = os.path.join(subpath, fname)
-            if _TEMP_NAME.fullmatch(fname):
-                _unlink_quietly(path)
-                scan.temp_removed += 1
+        for entry_name in names:
+            if entry_name in (LOCK_NAME, DATA_NAME):
                 continue
-            if not _BLOCK_NAME.fullmatch(fname) or not fname.endswith(sub + SUFFIX):
-                scan.foreign += 1
-                continue
-            try:
-                key, nbytes, mtime_ns = _read_block_header(path, int(fname[:16], 16))
-            except _UnsupportedVersion:
+            if _OTHER_VERSION.fullmatch(entry_name):
                 scan.unsupported += 1
-            except (_BadBlockFile, OSError):
-                _unlink_quietly(path)
-                scan.corrupt_removed += 1
             else:
-                found.append(_Found(key, nbytes, mtime_ns, path))
+                scan.foreign += 1
 
     # ---------------------------------------------------------------- the medium operations
 
     def _put(self, block: Block) -> None:
         self._check_open()
-        key = block.key
+        key, header = block.key, block.header
         payload = block.view()
-        header = _pack_header(key, block.header)
-        if payload.nbytes != block.header.nbytes:
+        if payload.nbytes != header.nbytes:
             raise ValueError(
                 f"block {key:#018x}: payload holds {payload.nbytes} B, header says "
-                f"{block.header.nbytes} B"
+                f"{header.nbytes} B"
             )
-        sub, fname = self._names(key)
-        subpath = os.path.join(self._root, sub)
-        final = os.path.join(subpath, fname)
-        self._temp_seq += 1
-        temp = os.path.join(subpath, f".{fname[:16]}.{self._temp_seq}.tmp")
-        policy = self.fsync
-        fd = -1
-        placed = False
+        head = self._head
+        pack_block_header(head, key, header, self._generation)
+        span = record_span(header.nbytes) * SLOT_BYTES
+        offset, appended = self._place(key, span)
+        fd = self._fd
+        header_written = False
         try:
-            fd = self._create(sub, temp)
-            _write_all(fd, [header, payload])
-            if policy == "always":
+            if header.nbytes:
+                _pwrite_all(fd, payload, offset + SLOT_BYTES)
+            _pwrite_all(fd, head, offset)
+            header_written = True
+            if self.fsync == "always":
                 os.fsync(fd)
-            if policy != "batch":
-                closing, fd = fd, -1
-                os.close(closing)
-            os.replace(temp, final)
-            placed = True
-            if policy == "always":
-                _fsync_dir(subpath)
         except OSError as exc:
-            if fd >= 0:
-                _close_quietly(fd)
-            _unlink_quietly(final if placed else temp)
+            self._unplace(offset, span, appended=appended, header_written=header_written)
             self._io_failed(exc, f"writing block {key:#018x}")
+        self._generation += 1
+        self._offsets[key] = offset
         if self._medium_failed:
             self._medium_failed = False
             self.set_medium_health(Health.OK, f"disk writes succeed again on {self._root}")
-        if policy == "batch":
-            self._pending[key] = (fd, sub)
+        if self.fsync == "batch":
+            self._unflushed[key] = span
             if (
-                len(self._pending) >= self.fsync_every
+                len(self._unflushed) >= self.fsync_every
                 or time.monotonic() - self._last_flush >= self.fsync_interval_s
             ):
-                self._flush(current=key)
+                self._flush()
 
-    def _create(self, sub: str, temp: str) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        if sub not in self._subdirs:
-            os.makedirs(os.path.join(self._root, sub), exist_ok=True)
-            self._subdirs.add(sub)
+    def _place(self, key: BlockHash, span: int) -> tuple[int, bool]:
+        """(offset for a record of ``span`` bytes, whether the file grew for it)."""
+        space = self._space
+        offset = space.take(span)
+        if offset is not None:
+            return offset, False
+        if space.hole_bytes >= span and 4 * space.hole_bytes >= space.end:
+            self._compact()  # the holes could hold it: pack them away rather than grow
+        offset = space.append(span)
         try:
-            return os.open(temp, flags, 0o644)
-        except FileNotFoundError:  # the subdirectory was removed behind our back
-            os.makedirs(os.path.join(self._root, sub), exist_ok=True)
-            return os.open(temp, flags, 0o644)
+            self._grow(offset, span)
+        except OSError as exc:
+            self._unappend(offset, span)
+            if exc.errno not in _FULL_ERRNOS or space.hole_bytes < span:
+                self._io_failed(exc, f"growing {DATA_NAME} for block {key:#018x}")
+            self._compact()  # full, but the holes hold enough room: pack them and try again
+            offset = space.append(span)
+            try:
+                self._grow(offset, span)
+            except OSError as again:
+                self._unappend(offset, span)
+                self._io_failed(again, f"growing {DATA_NAME} for block {key:#018x}")
+        return offset, True
+
+    def _grow(self, offset: int, span: int) -> None:
+        """Make the file cover the new run, its blocks allocated where the filesystem can."""
+        if self._preallocate:
+            try:
+                os.posix_fallocate(self._fd, offset, span)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_FALLOCATE_ERRNOS:
+                    raise
+                self._preallocate = False
+        os.ftruncate(self._fd, offset + span)  # sparse: the writes allocate (and can fail full)
+
+    def _unappend(self, offset: int, span: int) -> None:
+        self._space.unappend(offset, span)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, offset)
+
+    def _unplace(self, offset: int, span: int, *, appended: bool, header_written: bool) -> None:
+        """Undo a put whose writes failed: the run is free again, and says so on disk."""
+        if appended:
+            self._unappend(offset, span)
+            return
+        if header_written:  # the old free header was overwritten by the failed record's
+            with contextlib.suppress(OSError):
+                self._write_free_header(offset, span)
+        self._space.release(offset, span)
 
     def _get(self, key: BlockHash, out: Buffer | None) -> Block | None:
         self._check_open()
         nbytes = self._sizes[key]
+        offset = self._offsets[key]
         dest: Buffer
         if out is None:
             dest = np.empty(nbytes, dtype=np.uint8)
@@ -359,65 +394,124 @@ class DiskStore(TierStore):
                 raise ValueError("output buffer is read-only")
             if view.nbytes != nbytes:
                 raise ValueError(f"output buffer holds {view.nbytes} B, block has {nbytes} B")
-        head = bytearray(HEADER_SIZE)
-        probe = bytearray(1)  # catches a file longer than its header says
-        sub, fname = self._names(key)
-        path = os.path.join(self._root, sub, fname)
+        head = self._head_in
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None  # removed behind our back: the base counts a miss and forgets it
-        except OSError as exc:
-            self._io_failed(exc, f"opening block {key:#018x}")
-        try:
-            got = _read_all(fd, [head, view, probe])
+            got = _pread_all(self._fd, [head, view], offset, SLOT_BYTES + nbytes)
         except OSError as exc:
             self._io_failed(exc, f"reading block {key:#018x}")
-        finally:
-            os.close(fd)
+        if got == 0:  # the file was cut below this record behind our back: the medium lost it
+            del self._offsets[key]
+            self._space.forget_run(record_span(nbytes) * SLOT_BYTES)
+            return None
         try:
-            header_key, header = _parse_header(head, got)
-        except (_BadBlockFile, _UnsupportedVersion) as bad:
-            self._corrupt_on_get(key, str(bad) or type(bad).__name__)
-        if header_key != key:
-            self._corrupt_on_get(key, f"file holds block {header_key:#018x}")
-        if header.nbytes != nbytes:
-            self._corrupt_on_get(key, f"header says {header.nbytes} B, stored {nbytes} B")
-        if got != HEADER_SIZE + nbytes:
-            what = "truncated" if got < HEADER_SIZE + nbytes else "longer than its header says"
-            self._corrupt_on_get(key, f"block file is {what}")
-        return Block(key, header, dest)
-
-    def _corrupt_on_get(self, key: BlockHash, reason: str) -> NoReturn:
-        # The same bookkeeping TierStore.get does for a checksum mismatch, for damage found before
-        # the payload can be checked (bad header, wrong size).
-        self.stats.corrupt += 1
-        self.stats.misses += 1
-        self._delete(key)
-        self._forget(key)
-        raise BlockCorrupt(key, f"{reason} in tier {self.name!r}")
+            slot = parse_header(memoryview(head)[:got])
+        except BadSlot as bad:
+            raise BlockCorrupt(key, f"{bad} in tier {self.name!r}") from None
+        found = slot.block
+        if found is None:
+            raise BlockCorrupt(key, f"its slot is marked free in tier {self.name!r}")
+        if slot.key != key:
+            raise BlockCorrupt(key, f"its slot holds block {slot.key:#018x} in tier {self.name!r}")
+        if found.nbytes != nbytes:
+            raise BlockCorrupt(
+                key, f"header says {found.nbytes} B, stored {nbytes} B in tier {self.name!r}"
+            )
+        if got < SLOT_BYTES + nbytes:
+            raise BlockCorrupt(key, f"record cut short by the end of the file in {self.name!r}")
+        return Block(key, found, dest)
 
     def _delete(self, key: BlockHash) -> None:
         self._check_open()
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            _close_quietly(pending[0])
-        sub, fname = self._names(key)
+        offset = self._offsets.pop(key)
+        self._unflushed.pop(key, None)
+        self._free_run(offset, record_span(self._sizes[key]) * SLOT_BYTES)
+        if not self._offsets:
+            self._empty_file()
+
+    def _free_run(self, offset: int, span: int) -> None:
+        """Mark a record's run free on disk and in the bookkeeping. A failed write is reported,
+        not raised: the old header still describes the run, so a reopen would adopt the block
+        (its payload still checked) unless a put has reused the run by then."""
         try:
-            os.unlink(os.path.join(self._root, sub, fname))
-        except FileNotFoundError:
-            pass
+            self._write_free_header(offset, span)
         except OSError as exc:
-            self._io_failed(exc, f"removing block {key:#018x}")
+            self._degrade(exc, "marking a deleted block's slot free")
+        self._space.release(offset, span)
+
+    def _empty_file(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+            self._space.reset()
 
     def _clear(self) -> None:
         self._check_open()
-        for fd, _sub in self._pending.values():
-            _close_quietly(fd)
-        self._pending.clear()
-        for key in list(self._sizes):
-            sub, fname = self._names(key)
-            _unlink_quietly(os.path.join(self._root, sub, fname))
+        try:
+            os.ftruncate(self._fd, 0)
+            if self.fsync == "always":
+                os.fsync(self._fd)
+        except OSError as exc:
+            self._io_failed(exc, "clearing")
+        self._offsets.clear()
+        self._unflushed.clear()
+        self._space.reset()
+
+    def _write_free_header(self, offset: int, span: int) -> None:
+        head = self._free_head
+        pack_free_header(head, span // SLOT_BYTES)
+        _pwrite_all(self._fd, head, offset)
+
+    # ---------------------------------------------------------------- space
+
+    def fragmentation(self) -> Fragmentation:
+        """How the slab file's bytes are used now: ``arena_bytes`` is its size, ``internal`` the
+        header slots and rounding of the records, ``free_bytes`` its holes."""
+        return self._space.fragmentation(len(self._offsets), self._used)
+
+    def compact(self) -> None:
+        """Slide every record down over the holes and cut the file after the last one."""
+        self._check_open()
+        self._compact()
+
+    def _compact(self) -> None:
+        # Records move down in file order, keeping their generation; a record whose new run
+        # overlaps its old one is read whole first. A crash mid-way leaves two equal copies of a
+        # moved block (the reopen keeps the lower) or loses the one being moved: never wrong bytes.
+        live = sorted((offset, key) for key, offset in self._offsets.items())
+        cursor = 0
+        try:
+            for offset, key in live:
+                span = record_span(self._sizes[key]) * SLOT_BYTES
+                if offset != cursor:
+                    self._move(offset, cursor, span)
+                    self._offsets[key] = cursor
+                cursor += span
+            if self.fsync != "never":
+                os.fsync(self._fd)  # the copies are on disk before the file is cut
+            os.ftruncate(self._fd, cursor)
+        except OSError as exc:
+            self._recover_layout()
+            self._io_failed(exc, "compacting")
+        self._space.reset(cursor)
+        self.compactions += 1
+
+    def _move(self, src: int, dst: int, span: int) -> None:
+        record = memoryview(os.pread(self._fd, span, src))
+        if record.nbytes != span:
+            raise OSError(errno.EIO, f"short read of a {span} B record at {src}")
+        _pwrite_all(self._fd, record[SLOT_BYTES:], dst + SLOT_BYTES)
+        _pwrite_all(self._fd, record[:SLOT_BYTES], dst)
+
+    def _recover_layout(self) -> None:
+        """After a failed compaction: the holes are the gaps between the records as they are
+        now; each gets a free header (quietly) so that a reopen finds them as free runs."""
+        live = sorted(
+            (offset, record_span(self._sizes[key]) * SLOT_BYTES)
+            for key, offset in self._offsets.items()
+        )
+        gaps = self._space.rebuild(live)
+        for offset, span in gaps:
+            with contextlib.suppress(OSError):
+                self._write_free_header(offset, span)
 
     # ---------------------------------------------------------------- durability
 
@@ -425,63 +519,44 @@ class DiskStore(TierStore):
         """Make every block put so far durable (only does anything with ``fsync="batch"``).
 
         Raises:
-            StoreFull, StoreUnavailable: An fsync failed; the blocks it covered were removed.
+            StoreFull, StoreUnavailable: The fsync failed; the blocks it covered were removed.
         """
         self._check_open()
-        if self._pending:
-            self._flush(current=None)
+        if self._unflushed:
+            self._flush()
 
-    def _flush(self, current: BlockHash | None) -> None:
-        pending, self._pending = self._pending, {}
+    def _flush(self) -> None:
+        pending, self._unflushed = self._unflushed, {}
         self._last_flush = time.monotonic()
         self.flushes += 1
-        failed: list[tuple[BlockHash, OSError]] = []
-        subdirs: set[str] = set()
-        for key, (fd, sub) in pending.items():
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                failed.append((key, exc))
-            else:
-                subdirs.add(sub)
-            finally:
-                _close_quietly(fd)
-        for sub in sorted(subdirs):
-            try:
-                _fsync_dir(os.path.join(self._root, sub))
-            except OSError as exc:  # the names in it may not survive a crash: treat as failed
-                failed.extend((k, exc) for k, (_fd, s) in pending.items() if s == sub)
-        if not failed:
-            return
-        for key, _exc in failed:
-            sub, fname = self._names(key)
-            _unlink_quietly(os.path.join(self._root, sub, fname))
-            if key in self._sizes:
-                self._forget(key)
-                self.stats.errors += 1
-        what = f"fsync of {len(failed)} block(s), removed"
-        first = failed[0][1]
-        if current is None or any(key == current for key, _exc in failed):
-            self._io_failed(first, what)  # raises: the current put (or flush) did not succeed
-        # The current put is durable; earlier blocks of the batch were lost: say so, no raise.
-        if first.errno in _FULL_ERRNOS:
-            self.enospc_count += 1
-        self._medium_failed = True
-        self.set_medium_health(Health.DEGRADED, f"disk: {what} in {self._root}: {first}")
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            for key, span in pending.items():
+                offset = self._offsets.pop(key, None)
+                if offset is not None:
+                    self._free_run(offset, span)
+                if key in self._sizes:  # the block being put is not counted yet
+                    self._forget(key)
+                    self.stats.errors += 1
+            self._io_failed(exc, f"fsync of {len(pending)} block(s), removed")
 
     # ---------------------------------------------------------------- errors and health
 
-    def _io_failed(self, exc: OSError, what: str) -> NoReturn:
+    def _degrade(self, exc: OSError, what: str) -> TierError:
+        """Mark the medium degraded for this failure; the error a caller should see."""
+        self._medium_failed = True
         if exc.errno in _FULL_ERRNOS:
             self.enospc_count += 1
-            self._medium_failed = True
             reason = f"disk full: {what} in {self._root}: {exc.strerror}"
             self.set_medium_health(Health.DEGRADED, reason)
-            raise StoreFull(f"tier {self.name!r}: {reason}") from exc
-        self._medium_failed = True
+            return StoreFull(f"tier {self.name!r}: {reason}")
         reason = f"disk I/O error: {what} in {self._root}: {exc}"
         self.set_medium_health(Health.DEGRADED, reason)
-        raise StoreUnavailable(f"tier {self.name!r}: {reason}") from exc
+        return StoreUnavailable(f"tier {self.name!r}: {reason}")
+
+    def _io_failed(self, exc: OSError, what: str) -> NoReturn:
+        raise self._degrade(exc, what) from exc
 
     def _check_open(self) -> None:
         if self._closed:
@@ -489,13 +564,20 @@ class DiskStore(TierStore):
 
     # ---------------------------------------------------------------- description and lifetime
 
+    def locate(self, key: BlockHash) -> BlockLocation | None:
+        """Where the block's record is in the slab file, or None when it is not stored."""
+        offset = self._offsets.get(key)
+        if offset is None:
+            return None
+        return BlockLocation(self.data_path, offset, offset + SLOT_BYTES, self._sizes[key])
+
     def free_bytes(self) -> int:
         """Bytes still free on the filesystem for an unprivileged writer."""
         st = os.statvfs(self._root)
         return st.f_bavail * st.f_frsize
 
     def max_capacity(self) -> int | None:
-        """What is stored plus what the filesystem still has free (headers not counted)."""
+        """What is stored plus what the filesystem still has free (header slots not counted)."""
         return self._used + self.free_bytes()
 
     def describe(self) -> str:
@@ -507,88 +589,27 @@ class DiskStore(TierStore):
             policy = f"fsync batch (every {self.fsync_every} puts or {self.fsync_interval_s:g} s)"
         else:
             policy = f"fsync {self.fsync}"
-        return f"disk: {self._root} ({self._fs_type}, {free}), {policy}"
+        frag = self.fragmentation()
+        blocks = f"{frag.blocks} block{'' if frag.blocks == 1 else 's'}"
+        return (
+            f"disk: {self._root} ({self._fs_type}, {free}), slab file "
+            f"{format_bytes(frag.arena_bytes)} in {format_bytes(SLOT_BYTES)} slots, {blocks}, "
+            f"{frag.summary()}, {policy}"
+        )
 
     def close(self) -> None:
-        """Flush pending batch fsyncs and release the directory. Idempotent."""
+        """Flush a pending batch and release the directory. Idempotent."""
         if self._closed:
             return
         try:
-            if self._pending:
-                self._flush(current=None)
+            if self._unflushed:
+                self._flush()
         except (StoreFull, StoreUnavailable):
             pass  # the failed blocks were removed and the health says why
         finally:
             self._closed = True
+            os.close(self._fd)
             os.close(self._lock_fd)
-
-
-# -------------------------------------------------------------------- file format
-
-
-def _pack_header(key: BlockHash, header: BlockHeader) -> bytearray:
-    ndim = len(header.shape)
-    if ndim > MAX_NDIM:
-        raise ValueError(f"block {key:#018x}: {ndim} dimensions, the disk format holds {MAX_NDIM}")
-    dtype = header.dtype.encode("ascii")
-    codec = header.codec.encode("ascii")
-    if len(dtype) > _DTYPE_LEN or len(codec) > _CODEC_LEN:
-        raise ValueError(f"block {key:#018x}: dtype or codec name too long for the disk format")
-    shape = (*header.shape, *(0,) * (MAX_NDIM - ndim))
-    buf = bytearray(HEADER_SIZE)
-    _HEADER.pack_into(
-        buf, 0, MAGIC, FORMAT_VERSION, ndim, 0, HEADER_SIZE, key, header.nbytes,
-        header.checksum, dtype, codec, *shape, 0,
-    )  # fmt: skip
-    struct.pack_into("<Q", buf, _HEADER_CHECKED, checksum(memoryview(buf)[:_HEADER_CHECKED]))
-    return buf
-
-
-def _parse_header(buf: bytes | bytearray, got: int) -> tuple[BlockHash, BlockHeader]:
-    """The key and header in ``buf``; ``got`` is how many bytes of the file were read."""
-    if got < HEADER_SIZE:
-        raise _BadBlockFile(f"truncated header ({got} of {HEADER_SIZE} B)")
-    fields = _HEADER.unpack_from(buf)
-    magic, version, ndim, _flags, size, key, nbytes, payload_sum = fields[:8]
-    dtype_b, codec_b = fields[8], fields[9]
-    shape, header_sum = fields[10 : 10 + MAX_NDIM], fields[10 + MAX_NDIM]
-    if magic != MAGIC:
-        raise _BadBlockFile("bad magic")
-    if version != FORMAT_VERSION:
-        raise _UnsupportedVersion(f"format version {version}, this reads {FORMAT_VERSION}")
-    if header_sum != checksum(memoryview(buf)[:_HEADER_CHECKED]):
-        raise _BadBlockFile("header checksum mismatch")
-    if size != HEADER_SIZE or ndim > MAX_NDIM or any(shape[ndim:]):
-        raise _BadBlockFile("inconsistent header")
-    try:
-        dtype = dtype_b.rstrip(b"\0").decode("ascii")
-        codec = codec_b.rstrip(b"\0").decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise _BadBlockFile("undecodable dtype or codec") from exc
-    header = BlockHeader(
-        shape=tuple(int(d) for d in shape[:ndim]),
-        dtype=dtype,
-        nbytes=int(nbytes),
-        checksum=int(payload_sum),
-        codec=codec,
-    )
-    return int(key), header
-
-
-def _read_block_header(path: str, name_key: BlockHash) -> tuple[BlockHash, int, int]:
-    """(key, payload bytes, mtime) of a block file, checked against its name and size."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        head = os.read(fd, HEADER_SIZE)
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    key, header = _parse_header(head, len(head))
-    if key != name_key:
-        raise _BadBlockFile(f"file named {name_key:#018x} holds block {key:#018x}")
-    if st.st_size != HEADER_SIZE + header.nbytes:
-        raise _BadBlockFile(f"size {st.st_size} B, header says {HEADER_SIZE + header.nbytes} B")
-    return key, header.nbytes, st.st_mtime_ns
 
 
 # -------------------------------------------------------------------- I/O helpers
@@ -607,25 +628,24 @@ def _advance(views: Sequence[memoryview | bytearray], done: int) -> list[memoryv
     return rest
 
 
-def _write_all(fd: int, views: Sequence[memoryview | bytearray]) -> None:
-    """Write every byte of ``views`` (one writev unless the kernel writes short)."""
-    total = sum(memoryview(v).nbytes for v in views)
-    written = os.writev(fd, views)
-    while written < total:
+def _pwrite_all(fd: int, data: memoryview | bytearray, offset: int) -> None:
+    """Write every byte of ``data`` at ``offset`` (one pwrite unless the kernel writes short)."""
+    view = memoryview(data)
+    written = os.pwrite(fd, view, offset)
+    while written < view.nbytes:
         if written <= 0:
             raise OSError(errno.EIO, "write made no progress")
-        views = _advance(views, written)
-        total -= written
-        written = os.writev(fd, views)
+        view, offset = view[written:], offset + written
+        written = os.pwrite(fd, view, offset)
 
 
-def _read_all(fd: int, views: Sequence[memoryview | bytearray]) -> int:
-    """Fill ``views`` from ``fd`` until they are full or the file ends; the bytes read."""
-    total = sum(memoryview(v).nbytes for v in views)
-    got = os.readv(fd, views)
+def _pread_all(fd: int, views: Sequence[memoryview | bytearray], offset: int, total: int) -> int:
+    """Fill ``views`` (``total`` bytes) from ``offset`` until they are full or the file ends;
+    the bytes read."""
+    got = os.preadv(fd, views, offset)
     done = got
     while got > 0 and done < total:
-        got = os.readv(fd, _advance(views, done))
+        got = os.preadv(fd, _advance(views, done), offset + done)
         done += got
     return done
 
@@ -636,16 +656,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _lock_directory(name: str, root: str) -> int:
