@@ -10,8 +10,7 @@ depends on the key only, so a sampled block has *all* its accesses sampled (spat
 For every sampled access the LRU stack distance within the sampled stream, ``d`` (distinct
 sampled blocks accessed since this block's previous access), is counted exactly, and ``d / R``
 goes into a histogram of distances; a block seen for the first time is a cold miss. An LRU
-cache of ``c`` blocks hits an access whose distance is below ``c``, so the sampled hit ratio at
-``c`` is the share of sampled accesses with ``d / R < c``. Distances are counted over
+cache of ``c`` blocks hits an access whose distance is below ``c``. Distances are counted over
 access-time slots: a slot holds a mark while it is the last access of its block, and marks are
 also summed per chunk of 128 slots, so a distance is two short byte counts plus one sum over
 chunk totals (square-root decomposition; cheaper in Python than a Fenwick tree's three O(log n)
@@ -23,34 +22,56 @@ Two variants, as in the paper:
   blocks.
 * *fixed size* (``max_keys=N``, the default): at most ``N`` sampled blocks are tracked. When one
   more would be, the block with the largest hash leaves, ``T`` drops to its hash (so ``R``
-  drops), and the histogram is rescaled by ``R_new / R_old`` (a lazy scale factor: O(1)).
+  drops), and the histograms are rescaled by ``R_new / R_old`` (a lazy scale factor: O(1)).
   Memory is bounded by ``N`` whatever the stream.
 
-Normalisation. The accesses of the sampled blocks are rarely exactly ``R`` of all accesses: a
-very hot block that happens to be sampled (or not) moves the sample's share by whole percent.
-When every access is offered (:meth:`MissRatioCurve.access` / ``access_many``), the estimator
-knows the expected sample size ``E = accesses x R`` and corrects the difference ``E - S``
-between it and the sampled count ``S``:
+**Normalisation: stratified by recency** (the default, ``correction="stratified"``). Spatial
+sampling keeps or drops a block with all its accesses, so a few very hot blocks decide how many
+accesses the sample holds: in a Zipf(1.1) trace of 800,000 accesses the hottest block carries
+12 % of them, and a 2 % sample that catches it (or misses every hot one) moves SHARDS' plain
+ratio, hits over sampled accesses, by up to 0.35 of hit ratio. The paper's remedy, SHARDS-adj,
+counts the difference between the expected and the sampled number of accesses as hits at
+distance 0: right when the difference is hot blocks, but it is then a Horvitz-Thompson estimate
+of the misses, whose variance comes from the blocks that miss often, and it still erred by up to
+0.05 on a Zipf(0.8) trace and on a loop. What is used here is post-stratification with exactly
+known stratum sizes, in effect an exact "hot set" in O(1) memory, without per-block state:
 
-* ``adjusted`` (the paper's SHARDS-adj): the difference counts as hits at distance 0, right when
-  the difference comes from hot blocks (which hit at any size), wrong for blocks that are merely
-  frequent (a loop over many blocks);
-* ``regression`` (the default): the difference hits at size ``c`` with probability
-  ``beta(c)``, the hit ratio of the sample weighted by each block's access count (a regression
-  estimator with the access count as auxiliary variable), so it behaves like ``adjusted`` when
-  the excess is hot blocks and like the plain ratio when it is not;
-* ``sampled``: the plain ratio ``hits / S`` (the only choice when only sampled accesses are known,
-  as on the telemetry path below).
+* every offered access, sampled or not, gets a *recency class* from a direct-mapped table of
+  ``2**16`` slots (512 KiB, :class:`RecencyClasses`): class ``j`` for a block last offered
+  ``2**j`` to ``2**(j+1) - 1`` chunks of 2,048 accesses before that still holds its slot
+  (``j < 8``), "not seen recently" otherwise, and a class for the stream's first chunk. Classes
+  depend on the stream only, not on batching, at a few vectorised operations per access;
+* each class's size ``T_k`` is counted exactly; the sample estimates only the hit ratio *within*
+  each class: ``h(c) = sum_k T_k * hits_k(c) / sampled_k / sum_k T_k``.
 
-Accuracy depends on how many blocks the sample holds (a few thousand for +-0.02), cost on how
-many accesses it processes; see ``docs/planner.md`` for the measured figures and
+Accesses of one class are alike: nearly all of a hot block's accesses come a chunk after its
+previous ones, in a class where almost every access hits at any size worth asking about, so
+catching or missing the block barely moves the estimate. With a single class this is SHARDS'
+plain ratio; a class the sample holds nothing of takes the pooled ratio. A block that turns hot
+spends its first chunk in "not seen recently" (every offer within a chunk is classed by the
+table as it was when the chunk began); a chunk of 2,048 rather than 4,096 halves that lump for
+about 5 % more cost. Measured at R = 0.02 (``benchmarks/mrc.py``: five generated traces, Zipf
+and prefix sharing and loops among them, 20 seeds each, sizes from 10,000 blocks): worst error
+0.017, where the same samples give 0.052 with SHARDS-adj and 0.355 with the plain ratio.
+
+Other remedies weighed: a higher rate (the error falls as ``1/sqrt(R)`` but the cost grows with
+``R``; 0.02 is what fits the 5 % budget), several hash seeds averaged (the same as a higher rate,
+at the same cost), fixed-size SHARDS' adaptive rate (kept for its memory bound; it lowers the
+rate, never raises it), a regression on access counts (this module's previous default: up to
+0.056). ``correction="adjusted"`` (SHARDS-adj) and ``"sampled"`` (plain ratio) remain for
+comparison; ``benchmarks/mrc.py`` measures all three on the same samples (figures in
+``docs/planner.md``).
+
+Accuracy depends on how many blocks the sample holds (a few thousand for +-0.02 here), cost on
+how many accesses it processes; see ``docs/planner.md`` for the measured figures and
 ``benchmarks/mrc.py`` to measure them.
 
 **Other eviction policies: mini-simulation** (the same paper, section 6): for each policy and
 size asked for (``policies={"s3fifo": [sizes...]}``) a cache of the tier library's policy
 (:func:`tiertop.tiers.policies.base.eviction_policy`) with capacity ``round(size x R_s)`` is run
 on the stream sampled at ``R_s = max(rate, sim_min_blocks / size)`` (so no mini-cache holds fewer
-than ``sim_min_blocks`` blocks); its hit ratio estimates that policy's at ``size``. Between the
+than ``sim_min_blocks`` blocks); its hits and accesses are counted per recency class and
+normalised like the LRU curve, so the hot-block correction applies to every policy. Between the
 simulated sizes the curve is interpolated linearly.
 
 **From telemetry** (:class:`MrcTracker`): the curve is folded from the same decoded messages the
@@ -70,6 +91,13 @@ sampled hashes are tracked, so the bookkeeping is bounded like the sample):
   (``BlockRemoved`` with no hashes clears its tier, tiertop's tier-wide clear).
 * Tier speed order comes from ``Hello.topology.tier_order``, else the canonical order
   ``gpu, cpu, cpu2, numa, remote, disk, external``, else order of first appearance.
+
+Which stores are accesses needs per-block state, kept for sampled blocks only, so the tracker
+offers every stored hash to the recency classes (:meth:`MissRatioCurve.offer_items`) and the
+sample estimates, per class, both the share of stores that are accesses and their hit ratio:
+``h(c) = sum_k T_k * hits_k(c) / stores_k / sum_k T_k * accesses_k / stores_k``. Accesses given
+without their class (:meth:`MissRatioCurve.sampled_access`) are weighed by ``1 / R``, which for
+them alone is the plain ratio.
 
 A hit in the fastest tier moves no block, so vLLM-shaped streams carry no event for it: the
 curve folded from telemetry is the curve of the accesses the events reveal (with tiertop's
@@ -94,13 +122,14 @@ from tiertop.tiers.events import EventKind, TierEvent
 from tiertop.tiers.policies.base import EvictionPolicy, eviction_policy
 
 from .protocol import Hello, Snapshot, TierStats
-from .vllm_events import AllBlocksCleared, BlockRemoved, KvEventBatch
+from .vllm_events import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatch
 
 __all__ = [
     "CANONICAL_TIER_ORDER",
     "MissRatioCurve",
     "MrcSink",
     "MrcTracker",
+    "RecencyClasses",
     "TierCapacity",
     "WhatIf",
     "hash64",
@@ -108,25 +137,42 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
 U64Array = npt.NDArray[np.uint64]
 
 _MASK64: Final = (1 << 64) - 1
 _P: Final = float(1 << 64)
 _C1: Final = 0xBF58476D1CE4E5B9
 _GOLDEN: Final = 0x9E3779B97F4A7C15
-_CHUNK_BITS: Final = 7  # 128 slots per chunk
-_SLOT_BITS: Final = 40
-_SLOT_MASK: Final = (1 << _SLOT_BITS) - 1
+_SLOT_MIX: Final = np.uint64(0x94D049BB133111EB)  # splitmix64's second multiplier
+_HIGH32: Final = np.uint64(0xFFFFFFFF00000000)
+_CHUNK_BITS: Final = 7  # 128 distance slots per chunk
 
 #: Default sampling rate and sample size (see docs/planner.md for the measured trade-off).
 DEFAULT_RATE: Final = 0.02
 DEFAULT_MAX_KEYS: Final = 16384
 
-#: How the sample is normalised (see :class:`MissRatioCurve`).
-CORRECTIONS: Final = ("regression", "adjusted", "sampled")
+#: How the sample is normalised (see the module docstring).
+CORRECTIONS: Final = ("stratified", "adjusted", "sampled")
 
 #: Tier order assumed when the stream does not say (vLLM/SGLang names after normalisation).
 CANONICAL_TIER_ORDER: Final = ("gpu", "cpu", "cpu2", "numa", "remote", "disk", "external")
+
+# Recency classes (see RecencyClasses): j < _AGE_CLASSES, last offered 2**j to 2**(j+1) - 1
+# chunks of _RECENCY_CHUNK items before; then "not seen recently" (older, never, or its slot
+# taken since); then the stream's first chunk; then accesses given without a class.
+_RECENCY_CHUNK: Final = 2048
+_RECENCY_BITS: Final = 16
+_BATCH: Final = 4096  # offered accesses processed at a time (numpy's per-call cost, amortised)
+_AGE_CLASSES: Final = 8
+_NOT_RECENT: Final = _AGE_CLASSES
+_FIRST_CHUNK: Final = _AGE_CLASSES + 1
+_UNCLASSIFIED: Final = _AGE_CLASSES + 2
+_CLASSES: Final = _AGE_CLASSES + 3
+_AGE_CAP: Final = np.uint64(1 << _AGE_CLASSES)
+_CLASS_OF_AGE: Final = np.array(
+    [_NOT_RECENT] + [a.bit_length() - 1 for a in range(1, 1 << _AGE_CLASSES)] + [_NOT_RECENT],
+    dtype=np.intp)
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -149,7 +195,10 @@ def hash64(key: int, seed: int = 0) -> int:
 
 def hash64_array(keys: U64Array, seed: int = 0) -> U64Array:
     """:func:`hash64` of every key (uint64 multiplication wraps, as the scalar version masks)."""
-    out: U64Array = np.bitwise_xor(keys, np.uint64(_seed_word(seed)))
+    word = _seed_word(seed)
+    if not word:  # seed 0: the xor is a copy
+        return np.multiply(keys, np.uint64(_GOLDEN))
+    out: U64Array = np.bitwise_xor(keys, np.uint64(word))
     np.multiply(out, np.uint64(_GOLDEN), out=out)
     return out
 
@@ -175,6 +224,80 @@ def as_keys(keys: Iterable[Any] | npt.NDArray[Any]) -> U64Array:
         return np.array(seq, dtype=np.uint64)
     except (OverflowError, TypeError, ValueError):
         return np.array([key_int(k) for k in seq], dtype=np.uint64)
+
+
+# --------------------------------------------------------------------------- recency classes
+
+
+class RecencyClasses:
+    """Puts every offered block into a recency class and counts each class exactly.
+
+    Why: the class sizes are then known for the whole stream, so the sample only has to
+    estimate hit ratios within classes (see the module docstring). Items are taken in chunks of
+    2,048. A direct-mapped table of ``2**bits`` slots holds ``fingerprint << 32 | chunk + 1`` of
+    the last block hashed to each slot, as it was when the chunk began (writes wait for the
+    chunk's end; whichever writer a slot keeps, the counts stay exact): a block's stamp now
+    minus its slot's is its age in chunks when the fingerprints agree, at least ``2**32`` when
+    they do not, so a few vector operations class a whole chunk. Reading the table as of the
+    chunk's start makes classes independent of batching, at a price: every offer of a block
+    within one chunk gets the same class, so a block that turns hot spends its first chunk in
+    "not seen recently". The very first chunk, where every block would, is a class of its own.
+    (Telling repeats within a chunk apart takes a second table; the estimator then cost 17 to
+    28 % more in our runs, where halving the chunk from 4,096 halved that lump for about 5 %.)
+
+    Args:
+        bits: Table size (``2**bits`` slots of 8 bytes).
+    """
+
+    def __init__(self, bits: int = _RECENCY_BITS) -> None:
+        self._table = np.zeros(1 << bits, dtype=np.uint64)
+        self._shift = np.uint64(64 - bits)
+        self._tag = 1  # chunk number + 1: an empty slot (0) never looks recent
+        self._filled = 0  # items of the current chunk offered so far
+        self._pending: list[tuple[IntArray, U64Array]] = []
+        #: Items offered per class (the last class, "unclassified", is never offered).
+        self.totals: npt.NDArray[np.int64] = np.zeros(_CLASSES, dtype=np.int64)
+
+    @property
+    def table_bytes(self) -> int:
+        return int(self._table.nbytes)
+
+    def offer(self, hashes: U64Array) -> IntArray:
+        """Classes of these items (their sampling hashes, in stream order), counted."""
+        if hashes.size <= _RECENCY_CHUNK - self._filled:
+            return self._classify(hashes)
+        out = np.empty(hashes.size, dtype=np.intp)
+        start = 0
+        while start < hashes.size:
+            end = min(hashes.size, start + _RECENCY_CHUNK - self._filled)
+            out[start:end] = self._classify(hashes[start:end])
+            start = end
+        return out
+
+    def _classify(self, hashes: U64Array) -> IntArray:
+        """Classes of items that all fall into the current chunk."""
+        slots = np.right_shift(hashes * _SLOT_MIX, self._shift).view(np.intp)
+        stamps = np.bitwise_and(hashes, _HIGH32)
+        stamps += np.uint64(self._tag)
+        ages = stamps - self._table[slots]
+        np.minimum(ages, _AGE_CAP, out=ages)
+        classes: IntArray = _CLASS_OF_AGE[ages.view(np.intp)]
+        if self._tag == 1:  # nothing to compare with yet
+            classes[:] = _FIRST_CHUNK
+        self.totals += np.bincount(classes, minlength=_CLASSES)
+        self._pending.append((slots, stamps))
+        self._filled += hashes.size
+        if self._filled == _RECENCY_CHUNK:
+            if len(self._pending) == 1:
+                slots, stamps = self._pending[0]
+            else:
+                slots = np.concatenate([s for s, _ in self._pending])
+                stamps = np.concatenate([s for _, s in self._pending])
+            self._table[slots] = stamps
+            self._pending.clear()
+            self._filled = 0
+            self._tag += 1
+        return classes
 
 
 # ------------------------------------------------------------------------------ the estimator
@@ -219,9 +342,10 @@ class WhatIf:
 
 
 class _MiniCache:
-    """One mini-simulation: a policy at a scaled capacity on a sub-sampled stream."""
+    """One mini-simulation: a policy at a scaled capacity on a sub-sampled stream, with its hits,
+    accesses and other sampled items counted per recency class."""
 
-    __slots__ = ("capacity", "hits", "misses", "policy", "policy_name", "rate", "size",
+    __slots__ = ("capacity", "hits", "others", "policy", "policy_name", "rate", "seen", "size",
                  "threshold")
 
     def __init__(self, policy_name: str, size: int, rate: float, seed: int) -> None:
@@ -232,16 +356,17 @@ class _MiniCache:
         self.capacity = max(1, round(size * rate))
         options: dict[str, Any] = {"seed": seed} if policy_name == "random" else {}
         self.policy: EvictionPolicy = eviction_policy(policy_name, self.capacity, **options)
-        self.hits = 0
-        self.misses = 0
+        self.hits = [0] * _CLASSES
+        self.seen = [0] * _CLASSES
+        self.others = [0] * _CLASSES
 
-    def access(self, key: int) -> None:
+    def access(self, key: int, recency: int) -> None:
+        self.seen[recency] += 1
         policy = self.policy
         if key in policy:
             policy.touch(key)
-            self.hits += 1
+            self.hits[recency] += 1
             return
-        self.misses += 1
         capacity = self.capacity
         while len(policy) >= capacity:
             policy.victim(key)
@@ -259,16 +384,18 @@ class MissRatioCurve:
             library except ``belady`` (which needs the future) and ``lru`` (exact here already).
         sim_min_blocks: Smallest capacity of a mini-cache (raises its sampling rate for small
             sizes).
-        max_bins: Histogram bins; beyond them bins are merged in pairs (resolution halves).
-        correction: How the sample is normalised when every access is offered: ``regression``
-            (default), ``adjusted`` (SHARDS-adj) or ``sampled`` (plain ratio); see the module
-            docstring. Feeding through :meth:`sampled_access` forces ``sampled``.
+        max_bins: Histogram bins per recency class; beyond them bins are merged in pairs
+            (resolution halves).
+        correction: How the sample is normalised: ``stratified`` (default), ``adjusted``
+            (SHARDS-adj) or ``sampled`` (plain ratio); see the module docstring.
         on_evict: Called with a block hash when fixed-size sampling stops tracking it.
 
-    Cost per offered access: one hash and compare (vectorised in :meth:`access_many`); per
-    sampled access, a dict lookup, a short byte count and a few list updates (distances are
-    counted over slot chunks: O(sqrt(slots)) worst case, O(1) for recent blocks) and one policy
-    operation per mini-cache that samples it.
+    Cost per offered access: one hash and compare, and the recency table's few vectorised
+    operations (offered accesses are held until 4,096 are there to process together; every read
+    and every other input processes what is held first, see :meth:`flush`); per sampled access,
+    a dict lookup, a short byte count and a few list updates (distances are counted over slot
+    chunks: O(sqrt(slots)) worst case, O(1) for recent blocks) and one policy operation per
+    mini-cache that samples it.
     """
 
     def __init__(
@@ -280,7 +407,7 @@ class MissRatioCurve:
         policies: Mapping[str, Sequence[int]] | None = None,
         sim_min_blocks: int = 32,
         max_bins: int = 4096,
-        correction: str = "regression",
+        correction: str = "stratified",
         on_evict: Callable[[int], None] | None = None,
     ) -> None:
         if not 0 < rate <= 1:
@@ -299,10 +426,16 @@ class MissRatioCurve:
         self.correction = correction
         self.on_evict = on_evict
         self._threshold = min(int(rate * _P), _MASK64 + 1)
-        # Sampled blocks: key -> slot of its last access (and its access count, packed). A slot
-        # holds a mark (1) while it is the last access of its block; marks are also counted per
-        # chunk of 2**_CHUNK_BITS slots (square-root decomposition), so a distance costs two
-        # short byte counts and one sum over chunk totals.
+        self._recency = RecencyClasses()
+        # Offered accesses not processed yet: access() keys, then copies of small batches
+        # (processing 4,096 at a time keeps numpy's per-call overhead off each access).
+        self._buffer: list[int] = []
+        self._pending: list[U64Array] = []
+        self._pending_size = 0
+        # Sampled blocks: key -> slot of its last access. A slot holds a mark (1) while it is the
+        # last access of its block; marks are also counted per chunk of 2**_CHUNK_BITS slots
+        # (square-root decomposition), so a distance costs two short byte counts and one sum
+        # over chunk totals.
         self._last: dict[int, int] = {}
         self._heap: list[tuple[int, int]] = []  # (-hash, key) of tracked blocks (max-hash first)
         self._live = 0
@@ -310,23 +443,21 @@ class MissRatioCurve:
         self._marks = bytearray(self._size)
         self._blocks = [0] * (self._size >> _CHUNK_BITS)
         self._clock = 0
-        # Histogram of scaled distances d / R, ``_width`` blocks per bin, in raw units: the
+        # Per recency class: a histogram of scaled distances d / R (``_width`` blocks per bin),
+        # cold misses, and sampled items that were not accesses (telemetry), in raw units: the
         # true count is raw x ``_scale`` (fixed-size rescaling is one multiplication).
         self._max_bins = max_bins
-        self._bins: list[float] = [0.0] * max_bins
-        # The same histogram with each access weighted by its ordinal within its block (1 for
-        # the first access, 2 for the second...): the hit ratio of the sample's hot blocks,
-        # which the regression correction uses (see ``curve``).
-        self._hot_bins: list[float] = [0.0] * max_bins
-        self._hot_total = 0.0
-        self._width = 1.0
+        self._bins: list[list[float]] = [[0.0] * max_bins for _ in range(_CLASSES)]
+        self._cold = [0.0] * _CLASSES
+        self._others = [0.0] * _CLASSES
+        self._cumulated: FloatArray | None = None  # cumulative bins, until the next change
+        self._width = 1.0 / rate  # a bin per sampled distance: its resolution, no finer
         self._scale = 1.0
         self._unit = 1.0
-        self._cold = 0.0
         self._bin_per_distance = 0.0
         self._rebin()
         self.accesses = 0  # offered accesses (access / access_many)
-        self.sampled = 0  # sampled accesses processed (unscaled count)
+        self._sampled = 0  # sampled accesses processed (unscaled count)
         self._sims: list[_MiniCache] = []
         self.policies: dict[str, list[int]] = {}
         for name, sizes in (policies or {}).items():
@@ -349,27 +480,42 @@ class MissRatioCurve:
     @property
     def rate(self) -> float:
         """The current LRU sampling rate (drops over time with ``max_keys``)."""
+        self.flush()
         return self._threshold / _P
 
     @property
     def threshold(self) -> int:
         """Largest hash any part of the estimator still samples (exclusive bound)."""
+        self.flush()
         return max(self._threshold, self._sim_threshold)
+
+    @property
+    def sampled(self) -> int:
+        """Sampled accesses processed so far."""
+        self.flush()
+        return self._sampled
 
     @property
     def max_distance(self) -> float:
         """Upper edge (blocks) of the highest non-empty distance bin: sizes beyond it gain
         nothing."""
-        for b in range(len(self._bins) - 1, -1, -1):
-            if self._bins[b]:
-                return (b + 1) * self._width
-        return 0.0
+        self.flush()
+        filled = np.flatnonzero(np.diff(self._cumulative_bins().sum(axis=0)) > 0)
+        return float(filled[-1] + 1) * self._width if filled.size else 0.0
 
     @property
     def tracked_keys(self) -> int:
+        self.flush()
         return self._live
 
+    @property
+    def class_totals(self) -> list[int]:
+        """Offered items (accesses, or stored hashes from telemetry) per recency class."""
+        self.flush()
+        return [int(t) for t in self._recency.totals[:_UNCLASSIFIED]]
+
     def __contains__(self, key: object) -> bool:
+        self.flush()
         return key in self._last
 
     # -------------------------------------------------------------------------- feeding
@@ -377,9 +523,9 @@ class MissRatioCurve:
     def access(self, key: int) -> None:
         """One access of block ``key`` (an int; see :func:`key_int` for other hash types)."""
         self.accesses += 1
-        hv = hash64(key, self.seed)
-        if hv < self._threshold or hv < self._sim_threshold:
-            self._sample([key & _MASK64], [hv])
+        self._buffer.append(key & _MASK64)
+        if len(self._buffer) >= _BATCH:
+            self.flush()
 
     def access_many(self, keys: Iterable[Any] | npt.NDArray[Any]) -> None:
         """Accesses in order (vectorised hashing: the unsampled ones cost a few ns each)."""
@@ -387,41 +533,84 @@ class MissRatioCurve:
         if not arr.size:
             return
         self.accesses += int(arr.size)
-        hv = hash64_array(arr, self.seed)
-        picked = np.flatnonzero(hv < np.uint64(min(self.threshold, _MASK64)))
-        if picked.size:
-            self._sample(arr[picked].tolist(), hv[picked].tolist())
+        self._hold()
+        self._pending.append(arr.copy() if arr.size < _BATCH else arr)
+        self._pending_size += arr.size
+        if self._pending_size >= _BATCH:
+            self.flush()
+
+    def offer_items(self, hashes: U64Array) -> IntArray:
+        """Recency classes of items that are not all accesses (every stored hash of a telemetry
+        stream, as sampling hashes), counted; give each sampled one to :meth:`sampled_item`."""
+        self.flush()
+        return self._recency.offer(hashes)
+
+    def sampled_item(self, key: int, hv: int, recency: int, is_access: bool) -> None:
+        """A sampled item that :meth:`offer_items` classed ``recency``, and whether it is an
+        access (the sample's share of accesses per class scales that class's total)."""
+        self.flush()
+        if is_access:
+            self._sample([key], [hv], [recency])
+            return
+        if hv < self._threshold:
+            self._others[recency] += self._unit
+        for sim in self._sims:
+            if hv >= sim.threshold:
+                break
+            sim.others[recency] += 1
 
     def sampled_access(self, key: int, hv: int) -> None:
         """An access the caller already knows is sampled (``hv = hash64(key, seed)`` below
-        :attr:`threshold`) without offering the unsampled ones: normalisation then uses the
-        sampled count."""
-        self.correction = "sampled"
-        self._sample([key], [hv])
+        :attr:`threshold`) without offering the others: with no class total to scale it, it
+        counts with weight ``1 / R`` (for such accesses alone, the plain ratio)."""
+        self.flush()
+        self._sample([key], [hv], [_UNCLASSIFIED])
 
-    def _sample(self, keys: list[int], hashes: list[int]) -> None:
-        self._lru(keys, hashes)
+    def _hold(self) -> None:
+        """Move access() keys behind the pending batches (order is kept)."""
+        if self._buffer:
+            self._pending.append(np.array(self._buffer, dtype=np.uint64))
+            self._pending_size += len(self._buffer)
+            self._buffer.clear()
+
+    def flush(self) -> None:
+        """Process the offered accesses held so far (reads and other inputs call it first)."""
+        self._hold()
+        if not self._pending:
+            return
+        pending = self._pending
+        keys = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        pending.clear()
+        self._pending_size = 0
+        self._offer_accesses(keys)
+
+    def _offer_accesses(self, keys: U64Array) -> None:
+        hv = hash64_array(keys, self.seed)
+        classes = self._recency.offer(hv)
+        limit = max(self._threshold, self._sim_threshold)
+        picked = np.flatnonzero(hv < np.uint64(min(limit, _MASK64)))
+        if picked.size:
+            self._sample(keys[picked].tolist(), hv[picked].tolist(), classes[picked].tolist())
+
+    def _sample(self, keys: list[int], hashes: list[int], classes: list[int]) -> None:
+        self._lru(keys, hashes, classes)
         if self._sims:
             sims = self._sims
             top = self._sim_threshold
-            for key, hv in zip(keys, hashes, strict=True):
+            for key, hv, recency in zip(keys, hashes, classes, strict=True):
                 if hv < top:
                     for sim in sims:
                         if hv >= sim.threshold:
                             break
-                        sim.access(key)
+                        sim.access(key, recency)
 
-    def _lru(self, keys: list[int], hashes: list[int]) -> None:
-        """The SHARDS step for sampled accesses in order (locals cached: this is the hot loop).
-
-        ``_last[key]`` packs the slot of the block's last access (low 40 bits) with its access
-        count (high bits).
-        """
+    def _lru(self, keys: list[int], hashes: list[int], classes: list[int]) -> None:
+        """The SHARDS step for sampled accesses in order (locals cached: this is the hot loop)."""
         last_of = self._last
         marks = self._marks
         blocks = self._blocks
         bins = self._bins
-        hot_bins = self._hot_bins
+        cold = self._cold
         heap = self._heap
         push = heapq.heappush
         clock = self._clock
@@ -432,52 +621,41 @@ class MissRatioCurve:
         max_bins = self._max_bins
         threshold = self._threshold
         max_live = self._max_live
-        hot_total = 0.0
-        cold = 0.0
-        n = 0
-        for key, hv in zip(keys, hashes, strict=True):
+        shift = _CHUNK_BITS
+        n = len(keys)
+        for key, hv, recency in zip(keys, hashes, classes, strict=True):
             if hv >= threshold:
+                n -= 1
                 continue
-            n += 1
-            packed = last_of.get(key)
-            if packed is None:
-                cold += unit
-                hot_total += unit
+            last = last_of.get(key)
+            if last is None:
+                cold[recency] += unit
                 push(heap, (-hv, key))
                 live += 1
-                count = 1
             else:
-                last = packed & _SLOT_MASK
-                count = (packed >> _SLOT_BITS) + 1
-                weight = count * unit
-                hot_total += weight
                 # Distinct sampled blocks accessed since = marks in (last, clock): byte counts
                 # in the two partial chunks plus the chunk totals in between.
                 a = last + 1
-                ca = a >> _CHUNK_BITS
-                cb = clock >> _CHUNK_BITS
+                ca = a >> shift
+                cb = clock >> shift
                 if ca == cb:
                     d = marks.count(1, a, clock)
                 else:
-                    d = (marks.count(1, a, (ca + 1) << _CHUNK_BITS) + sum(blocks[ca + 1:cb])
-                         + marks.count(1, cb << _CHUNK_BITS, clock))
+                    d = (marks.count(1, a, (ca + 1) << shift) + sum(blocks[ca + 1:cb])
+                         + marks.count(1, cb << shift, clock))
                 marks[last] = 0
-                blocks[last >> _CHUNK_BITS] -= 1
+                blocks[last >> shift] -= 1
                 b = int(d * per)
                 if b >= max_bins:
                     b = self._coarsen_for(d)
-                    bins, hot_bins, per = self._bins, self._hot_bins, self._bin_per_distance
-                bins[b] += unit
-                hot_bins[b] += weight
+                    bins, per = self._bins, self._bin_per_distance
+                bins[recency][b] += unit
             marks[clock] = 1
-            blocks[clock >> _CHUNK_BITS] += 1
-            last_of[key] = clock | (count << _SLOT_BITS)
+            blocks[clock >> shift] += 1
+            last_of[key] = clock
             clock += 1
             if clock >= size or live > max_live:
                 self._clock, self._live = clock, live
-                self._cold += cold
-                self._hot_total += hot_total
-                cold = hot_total = 0.0
                 if clock >= size:
                     self._compact()
                 if self._live > max_live:
@@ -487,9 +665,8 @@ class MissRatioCurve:
                 unit, per, live = self._unit, self._bin_per_distance, self._live
         self._clock = clock
         self._live = live
-        self._cold += cold
-        self._hot_total += hot_total
-        self.sampled += n
+        self._sampled += n
+        self._cumulated = None
 
     def _coarsen_for(self, d: int) -> int:
         """Merge bins in pairs until sampled distance ``d`` has a bin; returns that bin."""
@@ -504,17 +681,16 @@ class MissRatioCurve:
         self._bin_per_distance = _P / self._threshold / self._width
 
     def _coarsen(self) -> None:
-        for name in ("_bins", "_hot_bins"):
-            bins = getattr(self, name)
-            half = [bins[i] + bins[i + 1] for i in range(0, len(bins) - 1, 2)]
-            setattr(self, name, half + [0.0] * (self._max_bins - len(half)))
+        pad = [0.0] * (self._max_bins - self._max_bins // 2)
+        self._bins = [[row[i] + row[i + 1] for i in range(0, len(row) - 1, 2)] + pad
+                      for row in self._bins]
         self._width *= 2
         self._rebin()
 
     def _compact(self) -> None:
         """Renumber the live slots 0..live-1 (oldest first), growing the slot space when more
         than half of it is live."""
-        order = sorted(self._last.items(), key=lambda kv: kv[1] & _SLOT_MASK)
+        order = sorted(self._last.items(), key=lambda kv: kv[1])
         live = len(order)
         size = self._size
         while live * 2 > size:
@@ -523,8 +699,7 @@ class MissRatioCurve:
         self._marks = bytearray(b"\x01" * live) + bytearray(size - live)
         chunk = 1 << _CHUNK_BITS
         self._blocks = [min(chunk, max(0, live - c * chunk)) for c in range(size // chunk)]
-        high = ~_SLOT_MASK
-        self._last = {key: slot | (packed & high) for slot, (key, packed) in enumerate(order)}
+        self._last = {key: slot for slot, (key, _) in enumerate(order)}
         self._clock = live
 
     def _shrink(self) -> None:
@@ -535,7 +710,7 @@ class MissRatioCurve:
         while self._live > (self.max_keys or 0) or (heap and -heap[0][0] >= new):
             neg, key = heapq.heappop(heap)
             new = min(new, -neg)
-            slot = self._last.pop(key) & _SLOT_MASK
+            slot = self._last.pop(key)
             self._marks[slot] = 0
             self._blocks[slot >> _CHUNK_BITS] -= 1
             self._live -= 1
@@ -549,54 +724,90 @@ class MissRatioCurve:
 
     # -------------------------------------------------------------------------- reading
 
-    def _sampled_total(self) -> float:
-        """Sampled accesses in true (current-rate) units: cold ones plus the histogram."""
-        return (self._cold + math.fsum(self._bins)) * self._scale
+    def _weights(self, accessed: FloatArray, others: FloatArray, rate: float) -> FloatArray:
+        """Per class, how many items of the stream one sampled item stands for: the class's
+        exact size over its sampled items (accesses and others); ``1 / R`` for accesses given
+        without a class; the size of classes the sample missed is spread over all (pooled)."""
+        totals = self._recency.totals.astype(np.float64)
+        items = accessed + others
+        weight = np.zeros(_CLASSES)
+        seen = items > 0
+        weight[seen] = totals[seen] / items[seen]
+        weight[_UNCLASSIFIED] = 1.0 / rate
+        weight += totals[~seen].sum() / items.sum()
+        return weight
 
-    def _expected(self) -> float:
-        """Accesses the sample should hold at the current rate (needs every access offered)."""
-        return self.accesses * self.rate
+    def _normalise(self, hits: FloatArray, accessed: FloatArray, others: FloatArray,
+                   rate: float) -> FloatArray:
+        """Hit ratios from per-class sampled counts (rows: classes; ``hits`` has a column per
+        size) as :attr:`correction` says: stratified, SHARDS-adj or the plain ratio."""
+        sampled = accessed.sum()
+        if self.correction == "sampled":
+            plain: FloatArray = hits.sum(axis=0) / sampled
+            return plain
+        weight = self._weights(accessed, others, rate)
+        accesses = float(weight @ accessed)
+        if self.correction == "adjusted":  # the shortfall of sampled accesses hits at distance 0
+            expected = accesses * rate
+            adjusted: FloatArray = (hits.sum(axis=0) + (expected - sampled)) / expected
+            return adjusted
+        stratified: FloatArray = (weight @ hits) / accesses
+        return stratified
 
-    def _uses_expected(self) -> bool:
-        return self.correction != "sampled" and self.accesses > 0
+    def _sampled_counts(self) -> tuple[FloatArray, FloatArray]:
+        """Per class, sampled accesses and other sampled items, in true units."""
+        accessed = (np.array(self._cold) + self._cumulative_bins()[:, -1]) * self._scale
+        return accessed, np.array(self._others) * self._scale
+
+    def _estimated_accesses(self) -> float:
+        """Accesses the sample stands for (the offered ones, or estimated from telemetry)."""
+        accessed, others = self._sampled_counts()
+        if accessed.sum() <= 0:
+            return 0.0
+        if self.correction == "sampled":
+            return float(accessed.sum()) / self.rate
+        return float(self._weights(accessed, others, self.rate) @ accessed)
 
     def max_hit_ratio(self) -> float:
         """Hit ratio of an unbounded LRU cache (every access but the cold ones)."""
         return float(self.curve([math.inf])[0]) if self.sampled else 0.0
 
-    def _cumulative(self, bins: list[float], x: FloatArray) -> FloatArray:
-        counts = np.asarray(bins, dtype=np.float64)
-        cum = np.concatenate(([0.0], np.cumsum(counts)))
-        pos = np.clip(x / self._width, 0.0, float(len(counts)))
+    def _cumulative_bins(self) -> FloatArray:
+        """Per class, the running sum of its distance bins (raw units), with a leading 0."""
+        if self._cumulated is None:
+            counts = np.asarray(self._bins, dtype=np.float64)
+            self._cumulated = np.concatenate(
+                (np.zeros((_CLASSES, 1)), np.cumsum(counts, axis=1)), axis=1)
+        return self._cumulated
+
+    def _hits_below(self, x: FloatArray) -> FloatArray:
+        """Per class (rows), raw sampled accesses at distance below each size (linear within a
+        bin)."""
+        cum = self._cumulative_bins()
+        bins = cum.shape[1] - 1
+        pos = np.clip(x / self._width, 0.0, float(bins))
         whole = np.floor(pos).astype(np.int64)
         frac = pos - whole
-        nxt = np.minimum(whole + 1, len(counts))
-        out: FloatArray = cum[whole] + (cum[nxt] - cum[whole]) * frac
+        nxt = np.minimum(whole + 1, bins)
+        out: FloatArray = cum[:, whole] + (cum[:, nxt] - cum[:, whole]) * frac
         return out
 
     def curve(self, sizes: Sequence[float] | npt.NDArray[Any], policy: str = "lru") -> FloatArray:
         """Estimated hit ratio at each cache size (blocks) for ``policy``.
 
-        LRU comes from the SHARDS histogram (linear within a bin) and the correction; other
-        policies from their mini-simulations, interpolated between the simulated sizes
-        (clamped beyond them).
+        LRU comes from the SHARDS histograms (linear within a bin), normalised per
+        :attr:`correction`; other policies from their mini-simulations, normalised the same
+        way and interpolated between the simulated sizes (clamped beyond them).
         """
+        self.flush()
         x = np.asarray(sizes, dtype=np.float64)
         if policy != "lru":
             return self._sim_curve(x, policy)
-        sampled = self._sampled_total()
-        if sampled <= 0:
+        accessed, others = self._sampled_counts()
+        if accessed.sum() <= 0:
             return np.zeros_like(x)
-        hits = self._cumulative(self._bins, x) * self._scale
-        if self._uses_expected():
-            expected = self._expected()
-            if self.correction == "adjusted":
-                beta: FloatArray | float = 1.0
-            else:
-                beta = self._cumulative(self._hot_bins, x) / self._hot_total
-            out: FloatArray = (hits + beta * (expected - sampled)) / expected
-        else:
-            out = hits / sampled
+        hits = self._hits_below(x.reshape(-1)) * self._scale
+        out = self._normalise(hits, accessed, others, self.rate).reshape(x.shape)
         out = np.clip(out, 0.0, 1.0)
         out[x <= 0] = 0.0
         return out
@@ -609,9 +820,15 @@ class MissRatioCurve:
         xs = [0.0]
         ys = [0.0]
         for sim in sims:
-            seen = sim.hits + sim.misses
+            seen = np.array(sim.seen, dtype=np.float64)
             xs.append(float(sim.size))
-            ys.append(sim.hits / seen if seen else 0.0)
+            if seen.sum() <= 0:
+                ys.append(0.0)
+                continue
+            hits = np.array(sim.hits, dtype=np.float64).reshape(-1, 1)
+            others = np.array(sim.others, dtype=np.float64)
+            ratio = float(self._normalise(hits, seen, others, sim.rate)[0])
+            ys.append(min(1.0, max(0.0, ratio)))
         out: FloatArray = np.interp(x, xs, ys)
         return out
 
@@ -649,26 +866,28 @@ class MissRatioCurve:
         )
 
     def memory_bytes(self) -> int:
-        """Rough bytes held (dict and heap entries, tree, bins, mini-caches)."""
-        per_key = 100 + 72  # dict entry with two ints, heap tuple
+        """Rough bytes held (dict and heap entries, slots, histograms, recency table,
+        mini-caches)."""
+        self.flush()
+        per_key = 100 + 72  # dict entry, heap tuple
         sims = sum(s.capacity * 120 for s in self._sims)
         slots = self._size + 8 * (self._size >> _CHUNK_BITS)
-        return self._live * per_key + slots + 8 * self._max_bins + sims
+        bins = 8 * self._max_bins * _CLASSES
+        return self._live * per_key + slots + bins + self._recency.table_bytes + sims
 
     def summary(self) -> dict[str, Any]:
         """Plain figures for views and JSON output."""
+        self.flush()
         return {
             "accesses": self.accesses,
-            "sampled": self.sampled,
+            "sampled": self._sampled,
             "rate": self.rate,
             "initial_rate": self.initial_rate,
             "max_keys": self.max_keys,
             "tracked_keys": self._live,
             "correction": self.correction,
-            "estimated_accesses": (
-                self.accesses if self._uses_expected()
-                else round(self._sampled_total() / self.rate)
-            ),
+            "estimated_accesses": round(self._estimated_accesses()),
+            "class_totals": self.class_totals,
             "max_hit_ratio": self.max_hit_ratio(),
             "max_distance_blocks": self.max_distance,
             "policies": {k: list(v) for k, v in self.policies.items()},
@@ -720,6 +939,10 @@ class MrcTracker:
     """Folds decoded telemetry into a :class:`MissRatioCurve` (see the module docstring for how
     block events become accesses) and keeps the tier capacities to mark on it.
 
+    Every stored hash is offered to the curve's recency classes, so the curve keeps its
+    normalisation (``correction``) whether it is fed block events here or accesses directly
+    (``curve.access_many``, as ``tiertop plan`` does for a file of accesses).
+
     Args:
         curve: The estimator (default: ``MissRatioCurve()``); its ``on_evict`` is taken over.
         tier_order: Tier names fastest first, when the stream's Hello will not say.
@@ -728,7 +951,6 @@ class MrcTracker:
     def __init__(self, curve: MissRatioCurve | None = None, *,
                  tier_order: Sequence[str] = ()) -> None:
         self.curve = curve if curve is not None else MissRatioCurve()
-        self.curve.correction = "sampled"
         self.curve.on_evict = self._forget
         self._rank: dict[str, int] = {}
         self.tier_order: list[str] = []
@@ -862,51 +1084,70 @@ class MrcTracker:
             return
         self.batches += 1
         self.events += len(events)
-        flat: list[Any] = []
-        owners: list[int] = []
+        flat: list[Any] = []  # every hash in stream order, None for a clear
+        owners: list[int] = []  # the event of each
+        stores: list[bool] = []  # per event: a BlockStored
+        clears = False
         for i, event in enumerate(events):
-            if isinstance(event, AllBlocksCleared):
-                owners.append(i)  # a marker position (never sampled: no key)
-                flat.append(None)
-                continue
-            hashes = event.block_hashes
-            if not hashes and type(event) is BlockRemoved:
+            stored = type(event) is BlockStored
+            stores.append(stored)
+            hashes = () if isinstance(event, AllBlocksCleared) else event.block_hashes
+            if len(hashes) == 1:
+                flat.append(hashes[0])
                 owners.append(i)
+            elif hashes:
+                flat.extend(hashes)
+                owners.extend([i] * len(hashes))
+            elif not stored:  # a clear must apply in order: a marker position
                 flat.append(None)
-                continue
-            flat.extend(hashes)
-            owners.extend([i] * len(hashes))
+                owners.append(i)
+                clears = True
         base = self._position
         self._position += len(flat)
-        markers = [p for p, k in enumerate(flat) if k is None]
-        if markers:  # clears must apply in order: process item by item around them
-            self._items(events, batch.tiers, flat, owners, base, range(len(flat)))
-            return
-        keys = as_keys(flat)
-        hv = hash64_array(keys, self.curve.seed)
-        picked = np.flatnonzero(hv < np.uint64(min(self.curve.threshold, _MASK64)))
-        if picked.size:
-            self._items(events, batch.tiers, keys.tolist(), owners, base, picked.tolist(),
-                        hv[picked].tolist())
-
-    def _items(self, events: list[Any], tiers: list[str], flat: list[Any], owners: list[int],
-               base: int, positions: Iterable[int], hashes: list[int] | None = None) -> None:
+        present = [p for p, k in enumerate(flat) if k is not None] if clears else None
+        keys = as_keys(flat if present is None else [flat[p] for p in present])
         curve = self.curve
-        seed = curve.seed
+        hv = hash64_array(keys, curve.seed)
+        owner = np.array(owners if present is None else [owners[p] for p in present],
+                         dtype=np.intp)
+        is_store = np.array(stores, dtype=bool)[owner]
+        classes = np.full(keys.size, -1, dtype=np.intp)
+        classes[is_store] = curve.offer_items(hv[is_store])
+        if present is None:
+            picked = np.flatnonzero(hv < np.uint64(min(curve.threshold, _MASK64)))
+            self._items(events, batch.tiers, owners, base, picked.tolist(),
+                        keys[picked].tolist(), hv[picked].tolist(), classes[picked].tolist())
+            return
+        # clears present: every position in order, markers (key None) included
+        full_keys: list[int | None] = [None] * len(flat)
+        full_hv = [0] * len(flat)
+        full_classes = [-1] * len(flat)
+        for n, p in enumerate(present):
+            full_keys[p] = int(keys[n])
+            full_hv[p] = int(hv[n])
+            full_classes[p] = int(classes[n])
+        self._items(events, batch.tiers, owners, base, range(len(flat)), full_keys, full_hv,
+                    full_classes)
+
+    def _items(self, events: list[Any], tiers: list[str], owners: list[int], base: int,
+               positions: Iterable[int], keys: Sequence[int | None], hashes: Sequence[int],
+               classes: Sequence[int]) -> None:
+        """The access rules for these positions of the batch (parallel to keys, hashes and
+        recency classes; a None key is a clear)."""
+        curve = self.curve
         where = self._where
         for n, p in enumerate(positions):
             event = events[owners[p]]
             tier = tiers[owners[p]] if owners[p] < len(tiers) else str(event.medium)
-            raw = flat[p]
-            if raw is None:
+            key = keys[n]
+            if key is None:
                 if type(event) is AllBlocksCleared:
                     where.clear()
                 else:  # BlockRemoved with no hashes: the whole tier is cleared
                     for holders in where.values():
                         holders.discard(tier)
                 continue
-            key = raw if hashes is not None else key_int(raw)
-            hv = hashes[n] if hashes is not None else hash64(key, seed)
+            hv = hashes[n]
             if hv >= curve.threshold:
                 continue
             position = base + p
@@ -934,7 +1175,7 @@ class MrcTracker:
                 held.add(tier)
             if is_access:
                 self.accesses_seen += 1
-                curve.sampled_access(key, hv)
+            curve.sampled_item(key, hv, classes[n], is_access)
         if curve.max_keys is not None and len(where) > 2 * curve.max_keys:
             for key in [k for k in where if k not in curve]:
                 del where[key]
