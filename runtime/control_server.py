@@ -1,25 +1,33 @@
 """The runtime's control endpoint: a ZeroMQ ROUTER that takes commands and answers each one.
 
-Threading model. The tier hierarchy is not thread-safe, so commands are *applied on the
-runtime's thread* and nowhere else:
+Threading model: none of its own. The tier hierarchy is not thread-safe, so commands are applied
+on the runtime's thread, and the ROUTER is read and written on that thread too:
 
-- the server's own I/O thread owns the ROUTER socket. It reads each message, checks framing and
-  size, decodes and validates it (``tiertop.monitor.commands``), answers retries from its reply
-  cache, refuses expired, read-only-forbidden and excess requests at once, and queues the rest;
-- the runtime calls :meth:`ControlServer.apply_pending` from its loop (every iteration or tick;
-  it returns at once when nothing is queued). That call resolves tier selectors and policy names
-  against the target, applies each queued command through the :class:`ControlTarget`, calls
-  ``on_applied`` for every change, and hands the replies back to the I/O thread over an inproc
-  pipe, which sends them at once. A runtime with nothing else to do can block in :meth:`wait`.
+- the runtime calls :meth:`ControlServer.apply_pending` from its loop (every iteration, tick or
+  engine step). That call reads what waits on the socket (non-blocking, at most one batch),
+  checks framing and size, decodes and validates each request (``tiertop.monitor.commands``),
+  answers retries from its reply cache, refuses expired, read-only-forbidden and excess requests,
+  then applies the rest through the :class:`ControlTarget`, calls ``on_applied`` for every
+  change and sends each reply at once. With nothing waiting it costs one socket-option read;
+- a runtime with nothing else to do blocks in :meth:`wait` (a ``zmq_poll`` that releases the
+  GIL) until a request arrives.
 
-Nothing a peer sends can stop either thread or change state unless it is a valid, unexpired,
+Why no I/O thread: a request then costs no hand-off between Python threads. With one, each
+command went socket thread -> runtime thread -> socket thread, and on a busy runtime each
+crossing waited up to a GIL switch interval for the interpreter. The price: while the runtime is
+inside one step nobody answers, so even a malformed request or a retry waits for the end of the
+step (libzmq keeps receiving meanwhile). A request whose deadline passes during that wait is
+refused as ``expired`` with a message that says the runtime was busy, and for how long, rather
+than blaming clocks.
+
+Nothing a peer sends can stop the runtime or change state unless it is a valid, unexpired,
 permitted command: every malformed message that names a peer gets a :class:`Refused` reply.
 
 Idempotency. Replies are cached by ``(client, request_id)``: a retry (same id, same command)
 gets the reply already sent, or joins the one still queued, and is never applied twice. The
 same id with a different command is refused as a conflict.
 
-Typical use in a runtime::
+Typical use in a runtime (all on one thread; ``close`` after the loop has stopped)::
 
     server = ControlServer("tcp://127.0.0.1:5558", on_applied=publish_control_change).start()
     try:
@@ -32,15 +40,13 @@ Typical use in a runtime::
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import zmq
@@ -79,6 +85,9 @@ __all__ = ["DEFAULT_CONTROL_ADDRESS", "AppliedChange", "ControlServer", "ServerS
 
 log = logging.getLogger(__name__)
 
+#: Most messages one call reads off the socket: bounds what a flood costs one engine step.
+READ_BATCH: Final = 256
+
 
 @dataclass(frozen=True, slots=True)
 class AppliedChange:
@@ -98,11 +107,12 @@ OnApplied = Callable[[AppliedChange], None]
 
 @dataclass(slots=True)
 class ServerStats:
-    """Counters. The first group is written by the I/O thread, the second by the runtime's."""
+    """Counters: the first group counts what was read off the socket, the second what was
+    applied (all on the runtime's thread)."""
 
     received: int = 0  # messages read from the socket
     malformed: int = 0  # refused before decoding finished (framing, size, schema, values)
-    refused_early: int = 0  # every refusal the I/O thread sent (includes malformed)
+    refused_early: int = 0  # every refusal sent without reaching the target (includes malformed)
     retries: int = 0  # answered from the reply cache or joined to a queued request
     queued: int = 0
     applied: int = 0
@@ -111,16 +121,13 @@ class ServerStats:
 
 @dataclass(slots=True)
 class _Pending:
-    ticket: int
-    request: Request
-    deadline: float  # time.monotonic()
+    """A request read and waiting to be applied, with every peer to answer."""
 
-
-@dataclass(slots=True)
-class _InFlight:
     key: tuple[str, str]
+    request: Request
     fingerprint: bytes
-    waiters: list[bytes]  # ROUTER identities to answer
+    deadline: float  # time.monotonic()
+    waiters: list[bytes]  # ROUTER identities
 
 
 def _plain(value: Any) -> Any:
@@ -130,6 +137,12 @@ def _plain(value: Any) -> Any:
     if callable(tolist):
         return tolist()
     return str(value)
+
+
+def _readable(socket: zmq.Socket[bytes]) -> bool:
+    """A message waits (one option read: far cheaper than a failed non-blocking recv)."""
+    events = socket.getsockopt(zmq.EVENTS)
+    return isinstance(events, int) and bool(events & zmq.POLLIN)
 
 
 _ENCODER = msgspec.msgpack.Encoder(enc_hook=_plain)
@@ -149,7 +162,8 @@ class ControlServer:
         max_request_bytes: larger requests are refused with ``too_large``.
         max_frame_bytes: larger frames make ZeroMQ drop the sender's connection unread
             (``ZMQ_MAXMSGSIZE``); default 16 x ``max_request_bytes``.
-        max_pending: requests queued for the runtime beyond this are refused as ``busy``.
+        max_pending: requests read but not yet applied (a runtime that bounds the work per call
+            with ``max_commands``) beyond this are refused as ``busy``.
         reply_cache_size, reply_cache_ttl_s: how many replies, for how long, are kept to answer
             retries without applying twice.
     """
@@ -183,20 +197,12 @@ class ControlServer:
         self._context = context or zmq.Context.instance()
         self._address: str | None = None
         self._router: zmq.Socket[bytes] | None = None
-        self._pipe_rx: zmq.Socket[bytes] | None = None
-        self._pipe_tx: zmq.Socket[bytes] | None = None
-        self._pipe_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._authenticator: CurveAuthenticator | None = None
         self._closed = False
-        # Shared between the threads: the queue (deque appends/pops are atomic) and the event.
         self._queue: deque[_Pending] = deque()
-        self._ready = threading.Event()
-        # Owned by the I/O thread.
-        self._tickets = itertools.count(1)
-        self._in_flight: dict[int, _InFlight] = {}
-        self._ticket_of: dict[tuple[str, str], int] = {}
+        self._pending_by_key: dict[tuple[str, str], _Pending] = {}
         self._cache: OrderedDict[tuple[str, str], tuple[bytes, bytes, float]] = OrderedDict()
+        self._last_read_wall = time.time()  # when the socket was last read to the end
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -209,12 +215,13 @@ class ControlServer:
 
     @property
     def pending(self) -> int:
-        """Requests queued for the runtime's next :meth:`apply_pending`."""
+        """Requests read and queued for the next :meth:`apply_pending` (requests still on the
+        socket are not counted: nobody has read them yet)."""
         return len(self._queue)
 
     def start(self) -> ControlServer:
-        """Bind and start the I/O thread. Raises ``OSError`` when the address cannot be bound."""
-        if self._thread is not None or self._closed:
+        """Bind the socket. Raises ``OSError`` when the address cannot be bound."""
+        if self._router is not None or self._closed:
             raise RuntimeError("a control server starts once")
         router = self._context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -234,20 +241,8 @@ class ControlServer:
             self._release_authenticator()
             raise
         self._address = router.getsockopt_string(zmq.LAST_ENDPOINT)
-        pipe = f"inproc://tiertop-control-{id(self):x}"
-        self._pipe_rx = self._context.socket(zmq.PAIR)
-        self._pipe_rx.setsockopt(zmq.LINGER, 0)
-        self._pipe_rx.setsockopt(zmq.RCVHWM, 0)
-        self._pipe_rx.bind(pipe)
-        self._pipe_tx = self._context.socket(zmq.PAIR)
-        self._pipe_tx.setsockopt(zmq.LINGER, 0)
-        self._pipe_tx.setsockopt(zmq.SNDHWM, 0)
-        self._pipe_tx.connect(pipe)
         self._router = router
-        self._thread = threading.Thread(
-            target=self._serve, name=f"tiertop-control {self._address}", daemon=True
-        )
-        self._thread.start()
+        self._last_read_wall = time.time()
         log.info(
             "control server listening on %s%s%s", self._address,
             " (CURVE)" if self.curve else "", " read-only" if self.read_only else "",
@@ -255,25 +250,20 @@ class ControlServer:
         return self
 
     def close(self) -> None:
-        """Stop the I/O thread and close the sockets; queued requests are dropped unanswered."""
-        with self._pipe_lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._pipe_tx is not None:
-                self._pipe_tx.send(b"stop")
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-        with self._pipe_lock:
-            if self._pipe_tx is not None:
-                self._pipe_tx.close(0)
-                self._pipe_tx = None
+        """Close the socket; requests not yet applied are dropped unanswered. Call it on the
+        runtime's thread or after its loop has stopped (the socket is that thread's)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._router is not None:
+            self._router.close(0)
+            self._router = None
         self._queue.clear()
-        self._ready.set()  # wake a runtime blocked in wait()
+        self._pending_by_key.clear()
         self._release_authenticator()
 
     def __enter__(self) -> ControlServer:
-        return self if self._thread is not None else self.start()
+        return self if self._router is not None else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -283,35 +273,188 @@ class ControlServer:
             self._authenticator.release()
             self._authenticator = None
 
-    # --------------------------------------------------------------- the runtime's thread
+    # ------------------------------------------------------------------ the runtime's thread
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until a request is queued (True) or ``timeout`` passes (False)."""
-        return self._ready.wait(timeout)
+        """Block until a request waits to be applied or read (True) or ``timeout`` seconds pass
+        (False). The GIL is released while waiting. False at once once closed."""
+        if self._queue:
+            return True
+        router = self._router
+        if router is None:
+            return False
+        ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000.0))
+        return bool(router.poll(ms, zmq.POLLIN))
 
     def apply_pending(self, target: ControlTarget, max_commands: int | None = None) -> int:
-        """Apply queued commands to ``target`` on the calling (runtime) thread and send their
-        replies; returns how many were handled. Cheap when nothing is queued."""
-        self._ready.clear()  # before looking, so a request queued meanwhile sets it again
-        if not self._queue:
-            return 0
+        """Read what waits on the socket, apply queued commands to ``target`` on the calling
+        (runtime) thread and send every reply at once; returns how many commands were applied
+        or refused by the runtime. Cheap when nothing waits."""
+        self.receive()
         handled = 0
-        while max_commands is None or handled < max_commands:
-            try:
-                item = self._queue.popleft()
-            except IndexError:
-                break
+        queue = self._queue
+        while queue and (max_commands is None or handled < max_commands):
+            item = queue.popleft()
             reply, change = self._apply(item, target)
             if change is not None and self.on_applied is not None:
                 try:
                     self.on_applied(change)
                 except Exception:
                     log.exception("on_applied failed for %s", change.command)
-            self._send_reply(item.ticket, reply)
+            self._answer(item, reply)
             handled += 1
-        if self._queue:
-            self._ready.set()
         return handled
+
+    def receive(self) -> int:
+        """Read at most :data:`READ_BATCH` messages off the socket: answer the ones that need no
+        target (malformed, expired, read-only refusals, retries) and queue the rest for
+        :meth:`apply_pending`. Returns how many messages were read. Runtime thread only."""
+        router = self._router
+        if router is None or not _readable(router):
+            self._last_read_wall = time.time()
+            return 0
+        read = 0
+        while read < READ_BATCH:
+            try:
+                identity = router.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                self._last_read_wall = time.time()
+                break
+            read += 1
+            self._read_one(router, identity)
+        return read
+
+    # -------------------------------------------------------------------------- reading
+
+    def _read_one(self, router: zmq.Socket[bytes], identity: bytes) -> None:
+        frames: list[bytes] = []
+        count = size = 0
+        while router.getsockopt(zmq.RCVMORE):
+            frame = router.recv()
+            count += 1
+            size += len(frame)
+            if count <= 2:
+                frames.append(frame)
+        self.stats.received += 1
+        try:
+            self._handle(identity, frames, count, size)
+        except Exception:  # a bug here must not stop the runtime
+            log.exception("control server failed on a message from %r", identity)
+
+    def _handle(self, identity: bytes, frames: list[bytes], count: int, size: int) -> None:
+        if count != 2 or frames[0] != b"":
+            problem = (
+                f"got {count} frame(s)" if count != 2
+                else f"the first frame is {len(frames[0])} B, not empty"
+            )
+            self._refuse_early(identity, RequestError(
+                ErrorCode.MALFORMED,
+                "a control request is 2 frames, an empty delimiter then the encoded request; "
+                + problem,
+            ))
+            return
+        if size > self.max_request_bytes:
+            self._refuse_early(identity, RequestError(
+                ErrorCode.TOO_LARGE,
+                f"request of {size} B exceeds this runtime's limit of {self.max_request_bytes} B",
+            ))
+            return
+        try:
+            request = decode_request(frames[1])
+        except RequestError as exc:
+            self._refuse_early(identity, exc)
+            return
+        self._admit(identity, request)
+
+    def _admit(self, identity: bytes, request: Request) -> None:
+        command = request.command
+        name = command.name
+        key = (request.client, request.request_id)
+        fingerprint = _FINGERPRINT.encode(command)
+        cached = self._cached(key)
+        queued = self._pending_by_key.get(key)
+        known = queued.fingerprint if queued is not None else (
+            cached[0] if cached is not None else None)
+        if known is not None:
+            if known != fingerprint:
+                self._refuse_early(identity, RequestError(
+                    ErrorCode.CONFLICT,
+                    f"request id {request.request_id} of client {request.client} was already "
+                    f"used for another command; use a new id for {name}",
+                    request.request_id, name,
+                ), malformed=False)
+                return
+            self.stats.retries += 1
+            if queued is not None:
+                queued.waiters.append(identity)
+            elif cached is not None:
+                self._send(identity, cached[1])
+            return
+        budget = self._budget(request)
+        if budget <= 0:
+            self._refuse_early(identity, self._expired_on_arrival(request, -budget),
+                               malformed=False)
+            return
+        if self.read_only and command.mutating:
+            self._refuse_early(identity, RequestError(
+                ErrorCode.READ_ONLY, f"read-only runtime: {name} refused", request.request_id,
+                name,
+            ), malformed=False)
+            return
+        if len(self._queue) >= self.max_pending:
+            self._refuse_early(identity, RequestError(
+                ErrorCode.BUSY,
+                f"runtime busy: {len(self._queue)} commands already wait to be applied; "
+                f"{name} not queued",
+                request.request_id, name,
+            ), malformed=False)
+            return
+        item = _Pending(key, request, fingerprint, time.monotonic() + budget, [identity])
+        self._pending_by_key[key] = item
+        self.stats.queued += 1
+        self._queue.append(item)
+
+    @staticmethod
+    def _budget(request: Request) -> float:
+        """Seconds left to apply ``request``; ``timeout_s`` counts from now (when it is read)."""
+        budget = math.inf
+        if request.deadline is not None:
+            budget = request.deadline - time.time()
+        if request.timeout_s is not None:
+            budget = min(budget, request.timeout_s)
+        return budget
+
+    def _expired_on_arrival(self, request: Request, late: float) -> RequestError:
+        """Why a request was already expired when read: it waited on the socket while the
+        runtime was busy (its deadline passed since the last read), or it came too late."""
+        name = request.command.name
+        deadline = request.deadline
+        if deadline is not None and deadline > self._last_read_wall:
+            busy = time.time() - self._last_read_wall
+            return RequestError(
+                ErrorCode.EXPIRED,
+                f"request {request.request_id} ({name}) expired {late:.3f} s before the runtime "
+                f"could read it: the runtime was busy for {busy:.3f} s (one engine step or "
+                "tick) without reading commands; not applied",
+                request.request_id, name,
+            )
+        return RequestError(
+            ErrorCode.EXPIRED,
+            f"request {request.request_id} ({name}) arrived {late:.3f} s after its deadline; "
+            "not applied (if this keeps happening, check the clocks of client and runtime)",
+            request.request_id, name,
+        )
+
+    def _cached(self, key: tuple[str, str]) -> tuple[bytes, bytes, float] | None:
+        horizon = time.monotonic() - self.reply_cache_ttl_s
+        while self._cache:
+            oldest = next(iter(self._cache.values()))
+            if oldest[2] >= horizon:
+                break
+            self._cache.popitem(last=False)
+        return self._cache.get(key)
+
+    # -------------------------------------------------------------------------- applying
 
     def _apply(
         self, item: _Pending, target: ControlTarget
@@ -359,7 +502,10 @@ class ControlServer:
         return Refused(request_id=request.request_id, error_code=code, message=message,
                        command=request.command.name)
 
-    def _send_reply(self, ticket: int, reply: Applied | Refused) -> None:
+    # -------------------------------------------------------------------------- replying
+
+    def _answer(self, item: _Pending, reply: Applied | Refused) -> None:
+        """Cache the reply for retries and send it to every peer that asked."""
         try:
             data = _ENCODER.encode(reply)
         except (TypeError, ValueError, OverflowError) as exc:  # a target returned odd values
@@ -369,187 +515,31 @@ class ControlServer:
                 message=f"{reply.command} was handled but its reply could not be encoded: {exc}",
                 command=reply.command,
             ))
-        with self._pipe_lock:
-            if self._pipe_tx is not None and not self._closed:
-                self._pipe_tx.send_multipart([ticket.to_bytes(8, "little"), data])
-
-    # ------------------------------------------------------------------------ the I/O thread
-
-    def _serve(self) -> None:
-        router, pipe = self._router, self._pipe_rx
-        assert router is not None and pipe is not None
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(pipe, zmq.POLLIN)
-        try:
-            while True:
-                try:
-                    events = dict(poller.poll())
-                    if pipe in events and self._drain_pipe(pipe):
-                        return
-                    if router in events:
-                        self._drain_router(router)
-                except zmq.ContextTerminated:
-                    return
-                except Exception:  # whatever it was, the endpoint must stay up
-                    log.exception("control server I/O failed; carrying on")
-        finally:
-            router.close(0)
-            pipe.close(0)
-
-    def _drain_pipe(self, pipe: zmq.Socket[bytes]) -> bool:
-        """Forward the runtime's replies; True when told to stop."""
-        while True:
-            try:
-                frames = pipe.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return False
-            if len(frames) == 1:  # b"stop"
-                return True
-            self._deliver(int.from_bytes(frames[0], "little"), frames[1])
-
-    def _drain_router(self, router: zmq.Socket[bytes], batch: int = 256) -> None:
-        for _ in range(batch):
-            try:
-                identity = router.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            frames: list[bytes] = []
-            count = size = 0
-            while router.getsockopt(zmq.RCVMORE):
-                frame = router.recv()
-                count += 1
-                size += len(frame)
-                if count <= 2:
-                    frames.append(frame)
-            self.stats.received += 1
-            try:
-                self._handle(router, identity, frames, count, size)
-            except Exception:  # a bug here must not end the thread
-                log.exception("control server failed on a message from %r", identity)
-
-    def _handle(
-        self, router: zmq.Socket[bytes], identity: bytes, frames: list[bytes], count: int,
-        size: int,
-    ) -> None:
-        if count != 2 or frames[0] != b"":
-            problem = (
-                f"got {count} frame(s)" if count != 2
-                else f"the first frame is {len(frames[0])} B, not empty"
-            )
-            self._refuse_early(router, identity, RequestError(
-                ErrorCode.MALFORMED,
-                "a control request is 2 frames, an empty delimiter then the encoded request; "
-                + problem,
-            ))
-            return
-        body = frames[1]
-        if size > self.max_request_bytes:
-            self._refuse_early(router, identity, RequestError(
-                ErrorCode.TOO_LARGE,
-                f"request of {size} B exceeds this runtime's limit of {self.max_request_bytes} B",
-            ))
-            return
-        try:
-            request = decode_request(body)
-        except RequestError as exc:
-            self._refuse_early(router, identity, exc)
-            return
-        self._admit(router, identity, request)
-
-    def _admit(self, router: zmq.Socket[bytes], identity: bytes, request: Request) -> None:
-        command = request.command
-        name = command.name
-        key = (request.client, request.request_id)
-        fingerprint = _FINGERPRINT.encode(command)
-        cached = self._cached(key)
-        ticket = self._ticket_of.get(key)
-        in_flight = self._in_flight[ticket] if ticket is not None else None
-        known = cached[0] if cached is not None else None
-        if in_flight is not None:
-            known = in_flight.fingerprint
-        if known is not None:
-            if known != fingerprint:
-                self._refuse_early(router, identity, RequestError(
-                    ErrorCode.CONFLICT,
-                    f"request id {request.request_id} of client {request.client} was already "
-                    f"used for another command; use a new id for {name}",
-                    request.request_id, name,
-                ), malformed=False)
-                return
-            self.stats.retries += 1
-            if cached is not None:
-                router.send_multipart([identity, b"", cached[1]])
-            elif in_flight is not None:
-                in_flight.waiters.append(identity)
-            return
-        now = time.monotonic()
-        budget = math.inf
-        if request.deadline is not None:
-            budget = request.deadline - time.time()
-        if request.timeout_s is not None:
-            budget = min(budget, request.timeout_s)
-        if budget <= 0:
-            self._refuse_early(router, identity, RequestError(
-                ErrorCode.EXPIRED,
-                f"request {request.request_id} ({name}) arrived {-budget:.3f} s after its "
-                "deadline; not applied (if this keeps happening, check the clocks of client "
-                "and runtime)",
-                request.request_id, name,
-            ), malformed=False)
-            return
-        if self.read_only and command.mutating:
-            self._refuse_early(router, identity, RequestError(
-                ErrorCode.READ_ONLY, f"read-only runtime: {name} refused", request.request_id,
-                name,
-            ), malformed=False)
-            return
-        if len(self._queue) >= self.max_pending:
-            self._refuse_early(router, identity, RequestError(
-                ErrorCode.BUSY,
-                f"runtime busy: {len(self._queue)} commands already wait to be applied; "
-                f"{name} not queued",
-                request.request_id, name,
-            ), malformed=False)
-            return
-        ticket = next(self._tickets)
-        self._in_flight[ticket] = _InFlight(key, fingerprint, [identity])
-        self._ticket_of[key] = ticket
-        self.stats.queued += 1
-        self._queue.append(_Pending(ticket, request, now + budget))
-        self._ready.set()
+        self._pending_by_key.pop(item.key, None)
+        self._cache[item.key] = (item.fingerprint, data, time.monotonic())
+        while len(self._cache) > self.reply_cache_size:
+            self._cache.popitem(last=False)
+        for identity in item.waiters:
+            self._send(identity, data)
 
     def _refuse_early(
-        self, router: zmq.Socket[bytes], identity: bytes, error: RequestError,
-        *, malformed: bool = True,
+        self, identity: bytes, error: RequestError, *, malformed: bool = True,
     ) -> None:
         self.stats.refused_early += 1
         if malformed:
             self.stats.malformed += 1
         log.debug("refused a request from %r: %s", identity, error.message)
-        router.send_multipart([identity, b"", _ENCODER.encode(error.refusal())])
+        self._send(identity, _ENCODER.encode(error.refusal()))
 
-    def _deliver(self, ticket: int, data: bytes) -> None:
-        in_flight = self._in_flight.pop(ticket, None)
-        if in_flight is None:
-            return
-        self._ticket_of.pop(in_flight.key, None)
-        self._cache[in_flight.key] = (in_flight.fingerprint, data, time.monotonic())
-        while len(self._cache) > self.reply_cache_size:
-            self._cache.popitem(last=False)
+    def _send(self, identity: bytes, data: bytes) -> None:
+        """Never blocks: ROUTER drops a reply to a peer that is gone or not reading."""
         router = self._router
-        assert router is not None
-        for identity in in_flight.waiters:
-            router.send_multipart([identity, b"", data])
-
-    def _cached(self, key: tuple[str, str]) -> tuple[bytes, bytes, float] | None:
-        horizon = time.monotonic() - self.reply_cache_ttl_s
-        while self._cache:
-            oldest = next(iter(self._cache.values()))
-            if oldest[2] >= horizon:
-                break
-            self._cache.popitem(last=False)
-        return self._cache.get(key)
+        if router is None:
+            return
+        try:
+            router.send_multipart([identity, b"", data], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("reply to %r not sent: %s", identity, exc)
 
 
 # ---------------------------------------------------------------------------------- dispatch

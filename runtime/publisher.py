@@ -100,6 +100,10 @@ DEFAULT_REPLAY_ENDPOINT: Final = "tcp://127.0.0.1:5560"
 _KV_TYPES: Final = frozenset((BlockStored, BlockRemoved, AllBlocksCleared))
 _MAX_MOVES_PER_MESSAGE: Final = 4096
 _MAX_REQUESTS_PER_WAKE: Final = 64
+#: Items taken off the queue per pass of a flush (rounded to whole batches). Classifying a pass
+#: is one C call that holds the GIL; unbounded, a 100,000-item backlog held it for milliseconds,
+#: stalling the engine thread (and with it control replies) for as long.
+_FLUSH_PASS_ITEMS: Final = 4096
 _NO_TOKENS: Final[list[int]] = []  # shared by placeholder events; never mutated
 
 
@@ -244,6 +248,7 @@ class TelemetryPublisher:
         self._snapshot_provider = snapshot_provider
         self._limit = queue_capacity  # 0 once closing
         self._batch_max = batch_max_events
+        self._pass_items = batch_max_events * max(1, _FLUSH_PASS_ITEMS // batch_max_events)
         self._wake_at = batch_max_events - 1  # queue length before the append that fills a batch
         self._batch_delay = batch_max_delay_s
         self._heartbeat_interval = heartbeat_interval_s
@@ -616,11 +621,15 @@ class TelemetryPublisher:
             self._busy = False
 
     def _flush_items(self) -> None:
-        queue = self._queue
-        popleft = queue.popleft
-        items = [popleft() for _ in range(len(queue))]
-        if not items:
-            return
+        """Send what is queued now (not what the engine adds meanwhile), a pass at a time."""
+        popleft = self._queue.popleft
+        left = len(self._queue)
+        while left > 0:
+            n = min(left, self._pass_items)
+            left -= n
+            self._send_items([popleft() for _ in range(n)])
+
+    def _send_items(self, items: list[Any]) -> None:
         if set(map(type, items)) <= _KV_TYPES:  # the common case: only block events
             self._send_kv(items, None)
             return

@@ -27,7 +27,7 @@ from tiertop.monitor.control_client import (
     Transport,
     ZmqTransport,
 )
-from tiertop.runtime.control_server import AppliedChange, ControlServer
+from tiertop.runtime.control_server import READ_BATCH, AppliedChange, ControlServer
 from tiertop.runtime.control_target import (
     Change,
     ControlError,
@@ -290,6 +290,16 @@ def raw(server: ControlServer) -> Iterator[RawDealer]:
     dealer.close()
 
 
+def read_until(server: ControlServer, received: int, timeout_s: float = 2.0) -> None:
+    """Read the socket as a runtime would, without applying, until ``received`` messages
+    have been read."""
+    deadline = time.monotonic() + timeout_s
+    while server.stats.received < received and time.monotonic() < deadline:
+        server.wait(0.05)
+        server.receive()
+    assert server.stats.received >= received
+
+
 def request_bytes(command: c.AnyCommand, request_id: str = "raw-1", **envelope: Any) -> bytes:
     fields: dict[str, Any] = {"client": "raw", "deadline": time.time() + 30, **envelope}
     data: bytes = encode_request(Request(request_id=request_id, command=command, **fields))
@@ -308,6 +318,40 @@ def refused(data: bytes) -> Refused:
 def test_server_reports_its_real_port(server: ControlServer) -> None:
     assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", server.address)
     assert not server.address.endswith(":0")
+
+
+def test_server_has_no_thread_of_its_own() -> None:
+    before = set(threading.enumerate())
+    with ControlServer(LOOPBACK):
+        assert set(threading.enumerate()) == before
+
+
+def test_wait_returns_when_a_request_arrives(server: ControlServer, raw: RawDealer,
+                                             target: FakeTarget) -> None:
+    assert not server.wait(0.01)
+    assert server.apply_pending(target) == 0
+    raw.send(b"", request_bytes(c.Ping()))
+    assert server.wait(2.0)
+    assert server.apply_pending(target) == 1
+    assert c.decode_reply(raw.reply()).command == "Ping"
+    assert not server.wait(0)
+
+
+def test_a_flood_is_read_one_bounded_batch_per_call(
+    server: ControlServer, raw: RawDealer,
+) -> None:
+    flood = READ_BATCH + 10
+    for _ in range(flood):
+        raw.send(b"junk")
+    time.sleep(0.3)  # let libzmq take them all in
+    reads: list[int] = []
+    deadline = time.monotonic() + 5
+    while sum(reads) < flood and time.monotonic() < deadline:
+        server.wait(0.1)
+        reads.append(server.receive())
+    assert sum(reads) == flood and max(reads) == READ_BATCH
+    assert server.stats.malformed == flood
+    assert sum(raw.recv() is not None for _ in range(flood)) == flood
 
 
 def test_every_command_applies(
@@ -508,9 +552,7 @@ def test_a_retry_while_queued_joins_the_first_request(
     body = request_bytes(c.Pause(), request_id="slow-runtime")
     raw.send(b"", body)
     raw.send(b"", body)
-    deadline = time.monotonic() + 2
-    while server.stats.received < 2 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    read_until(server, 2)
     assert server.pending == 1
     assert server.apply_pending(target) == 1
     assert raw.reply() == raw.reply()
@@ -568,9 +610,8 @@ def test_requests_expiring_in_the_queue_are_refused_not_applied(
     server: ControlServer, raw: RawDealer, target: FakeTarget,
 ) -> None:
     raw.send(b"", request_bytes(c.ClearAll(), deadline=None, timeout_s=0.1))
-    deadline = time.monotonic() + 2
-    while server.pending == 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    read_until(server, 1)  # timeout_s counts from here
+    assert server.pending == 1
     time.sleep(0.15)
     assert server.apply_pending(target) == 1
     reply = refused(raw.reply())
@@ -581,12 +622,33 @@ def test_requests_expiring_in_the_queue_are_refused_not_applied(
     assert target.tiers["disk"].used == 50000
 
 
+def test_requests_expiring_while_the_runtime_is_busy_say_so(
+    server: ControlServer, raw: RawDealer, target: FakeTarget,
+) -> None:
+    server.apply_pending(target)  # the runtime reads, then starts a long step
+    raw.send(b"", request_bytes(c.Pause(), deadline=time.time() + 0.1))
+    time.sleep(0.3)
+    assert server.apply_pending(target) == 0  # refused on reading: never queued
+    reply = refused(raw.reply())
+    assert reply.error_code == ErrorCode.EXPIRED
+    match = re.fullmatch(
+        r"request raw-1 \(Pause\) expired \d+\.\d{3} s before the runtime could read it: the "
+        r"runtime was busy for (\d+\.\d{3}) s \(one engine step or tick\) without reading "
+        r"commands; not applied", reply.message,
+    )
+    assert match is not None, reply.message
+    assert float(match.group(1)) >= 0.3
+    assert target.calls == [] and server.stats.refused_early == 1
+
+
 def test_a_full_queue_refuses_as_busy(target: FakeTarget) -> None:
     with ControlServer(LOOPBACK, max_pending=2) as srv:
         dealer = RawDealer(srv.address)
         try:
             for n in range(3):
                 dealer.send(b"", request_bytes(c.Ping(), request_id=f"p{n}"))
+            read_until(srv, 3)
+            assert srv.pending == 2
             reply = refused(dealer.reply())
             assert (reply.request_id, reply.error_code) == ("p2", ErrorCode.BUSY)
             assert reply.message == (
@@ -717,8 +779,8 @@ def test_late_requests_after_the_client_gave_up_are_not_applied(
     with ControlClient(server.address, timeout_s=0.1, retries=0) as cli, \
             pytest.raises(ControlTimeout):
         cli.pause()
-    assert server.pending == 1
-    assert server.apply_pending(target) == 1
+    assert server.apply_pending(target) == 0  # expired when read: refused, never queued
+    assert (server.stats.received, server.stats.refused_early) == (1, 1)
     assert target.calls == [] and target.paused is False
 
 

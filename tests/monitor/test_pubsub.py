@@ -37,6 +37,7 @@ from tiertop.monitor.vllm_events import (
     decode_batch,
     encode_batch,
 )
+from tiertop.runtime import publisher as publisher_module
 from tiertop.runtime.publisher import TelemetryPublisher
 
 LOOPBACK = "tcp://127.0.0.1:0"
@@ -144,6 +145,28 @@ def test_events_arrive_in_order_with_contiguous_sequences(closers: list[Any]) ->
     counters = sub.counters()
     assert counters.gaps == counters.restarts == counters.decode_errors == 0
     assert counters.events == n
+
+
+def test_a_backlog_is_sent_in_order_a_pass_at_a_time(
+    closers: list[Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(publisher_module, "_FLUSH_PASS_ITEMS", 8)  # passes of two 4-event batches
+    pub = make_pub(closers, batch_max_events=4)
+    sub = make_sub(closers, pub)
+    joined(sub)
+    n = 3000
+    for i in range(n):  # far faster than the publisher sends: a backlog of many passes
+        assert pub.block_stored([i], "dram")
+        if i % 300 == 0:
+            pub.move("promote", i, "disk", "dram", 4096)
+    got = poll_until(sub, lambda got: len(kv_hashes(got)) >= n, max_messages=1000)
+    got += poll_until(sub, lambda more: len([m for m in got + more if isinstance(m, TierMoves)
+                                             for _ in m.moves]) >= 10)
+    assert kv_hashes(got) == list(range(n))
+    assert max(len(m.events) for m in got if isinstance(m, KvEventBatch)) == 4
+    moves = [mv.key for m in got if isinstance(m, TierMoves) for mv in m.moves]
+    assert moves == list(range(0, n, 300))
+    assert sub.counters().gaps == 0
 
 
 # --------------------------------------------------------------------------- forced drops
