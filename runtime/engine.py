@@ -167,8 +167,14 @@ class ModelEngine:
         context_tokens: Sequence[int],
         max_new_tokens: int,
         arrival_time: float | None = None,
+        between_steps: Callable[[], None] | None = None,
     ) -> RequestResult:
         """Generate ``max_new_tokens`` tokens greedily after ``context_tokens``.
+
+        ``between_steps`` runs after the prefill and after every decode step: the runtime applies
+        control commands there, so a command waits one forward pass, not a whole request. The
+        request's KV lives in its own cache until it is stored at the end, so a command that
+        changes the tiers (clear, capacity, faults) cannot pull bytes from under it.
 
         Raises:
             ValueError: empty context, ``max_new_tokens`` < 1, token ids outside the vocabulary,
@@ -189,6 +195,8 @@ class ModelEngine:
             first_token = clock()
             output = [next_id]
             for _ in range(max_new_tokens - 1):
+                if between_steps is not None:
+                    between_steps()
                 logits, cache = self._forward([next_id], cache)
                 next_id = int(torch.argmax(logits[0, -1]).item())
                 output.append(next_id)

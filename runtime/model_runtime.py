@@ -1,9 +1,12 @@
 """The model runtime: a real GPT-2-architecture model serving a workload, its KV in the tiers.
 
-One thread does everything that touches the hierarchy: it applies control commands, admits
+One thread does everything that touches the hierarchy: it applies control commands (between
+requests and between decode steps, so a command waits at most one forward pass), admits
 arrivals into the request queue, serves one request at a time, and publishes a ``TierStats`` every
-tick. The publisher and the control server do their socket work on their own threads, so neither
-a slow subscriber nor a flood of commands can stall the engine.
+tick. The publisher does its socket work on its own thread, so a slow subscriber cannot stall the
+engine; the control server reads its socket on this thread, a bounded batch per call, so a
+flood of commands cannot either. Setup ends with ``gc.freeze()``: the model's hundreds of
+thousands of objects would otherwise make every full collection a pause of a few hundred ms.
 """
 
 from __future__ import annotations
@@ -170,6 +173,10 @@ class ModelRuntime(TierControl):
                 self.control.wait(max(0.0, min(wake - time.time(), config.tick_s)))
         self.publish_stats()
 
+    def _apply_control(self) -> None:
+        assert self.control is not None
+        self.control.apply_pending(self)
+
     def _admit(self, now: float) -> None:
         for request in self.workload.requests_until(now - self._origin):
             if len(self.queue) >= self.config.max_queue:
@@ -183,7 +190,8 @@ class ModelRuntime(TierControl):
         arrival = self._origin + request.arrival_s
         try:
             result = self.engine.serve(
-                request.context_tokens.tolist(), request.max_new_tokens, arrival)
+                request.context_tokens.tolist(), request.max_new_tokens, arrival,
+                between_steps=self._apply_control)
         except ValueError as exc:
             self.failed += 1
             self.workload.abandon(request)

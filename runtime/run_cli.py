@@ -153,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"tiertop run: --trace: {exc}", file=sys.stderr)
             runtime.close()
             return 2
+    from tiertop.runtime.heap import freeze_heap
+
+    freeze_heap()
     signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
     signal.signal(signal.SIGINT, lambda *_: runtime.stop())
     try:

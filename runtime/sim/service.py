@@ -3,9 +3,9 @@
 Like the model runtime, one thread does everything that touches the cluster: it applies control
 commands, advances the virtual clock, and publishes every tick (``tick_s`` of wall time) a
 ``TierStats`` (one sample per tier kind, totals across the cluster) and a ``ClusterStats`` (per
-rack, plus per GPU for the racks a reader drilled into). The publisher and the control server
-do their socket work on their own threads. Message clocks are virtual seconds (``Hello.mode`` is
-``"sim"``).
+rack, plus per GPU for the racks a reader drilled into). The publisher does its socket work on
+its own thread; the control server reads its socket on this one. Message clocks are virtual
+seconds (``Hello.mode`` is ``"sim"``).
 
 Pacing: at speed ``s`` the virtual clock runs ``s`` times the wall clock; a cluster too big to
 keep up runs flat out and the lag is dropped after a second (never an ever-growing backlog).

@@ -195,6 +195,9 @@ def _live(args: argparse.Namespace, topo: Any, profile: Any) -> int:
     except (ValueError, OSError, zmq.ZMQError) as exc:  # e.g. an address already in use
         print(f"tiertop sim: could not start: {exc}", file=sys.stderr)
         return 1
+    from tiertop.runtime.heap import freeze_heap
+
+    freeze_heap()
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     try:

@@ -171,6 +171,29 @@ def test_multi_turn_conversation_reuses_output_blocks(model: LoadedModel) -> Non
     assert r2.output_ids == baseline.serve(turn2, max_new_tokens=5).output_ids
 
 
+def test_tiers_cleared_between_decode_steps_leave_the_request_whole(model: LoadedModel) -> None:
+    """The runtime applies control commands between decode steps: a clear of every tier there
+    neither changes the tokens generated nor loses the request's own blocks."""
+    dram = DramStore("dram", 8 * MiB)
+    hierarchy = one_tier(dram)
+    engine = ModelEngine(model, hierarchy, block_size=BLOCK)
+    baseline = ModelEngine(model, one_tier(DramStore("none", 8 * MiB)), store_blocks=False)
+    context = tokens(40, seed=6)
+    engine.serve(context, max_new_tokens=1)  # its prefix is now in dram
+    steps: list[int] = []
+
+    def clear_between_steps() -> None:
+        steps.append(len(dram))
+        hierarchy.clear()
+
+    result = engine.serve(context, max_new_tokens=6, between_steps=clear_between_steps)
+    # after the prefill's token, before each of the other five: the prefix was there, then not
+    assert steps[0] > 0 and steps[1:] == [0, 0, 0, 0]
+    assert result.restored_tokens == 2 * BLOCK  # restored before the first clear
+    assert result.output_ids == baseline.serve(context, max_new_tokens=6).output_ids
+    assert len(dram) == result.blocks_stored > 0  # stored after the last clear
+
+
 def test_reused_restore_buffers_never_leak_between_requests(model: LoadedModel) -> None:
     """Long, short, then long again: each restore (through the engine's reused buffers) still
     equals recomputation, and a request's output does not depend on what was restored before."""
