@@ -56,6 +56,7 @@ from tiertop.monitor.framing import Decoded
 from tiertop.monitor.protocol import Hello, Snapshot, TierInfo
 from tiertop.monitor.subscriber import TelemetrySubscriber
 from tiertop.monitor.vllm_events import BlockRemoved, BlockStored, KvEventBatch
+from tiertop.runtime.heap import freeze_heap
 from tiertop.runtime.model_runtime import SWITCH_INTERVAL_S
 
 from benchmarks.common import Figure, parser, report
@@ -168,6 +169,7 @@ def _tiertop_producer(conn: Connection, n_events: int, batch: int) -> None:
         queue_capacity=200_000,
         sndhwm=100_000,
     )
+    freeze_heap()  # as `tiertop run` and `tiertop sim` do once set up
     conn.send((pub.address, pub.replay_address, server.address))
     while not conn.poll():  # idle until "go": a runtime waiting for work still takes commands
         if server.wait(0.001):
