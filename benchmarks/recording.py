@@ -11,16 +11,19 @@ Run ``python -m benchmarks.recording`` for a table or ``--json`` for one JSON ob
   headless at maximum speed exactly as ``tiertop replay --headless`` does (open, decode, fold
   through the state model, per-phase summary). Figure: session seconds over wall seconds of the
   replay, best of ``--repeats``.
-- **record_overhead**: requests/s completed by the real model runtime (:class:`ModelRuntime`,
-  tiny GPT-2 shape, tiers ``dram:1MiB`` + ``disk:8MiB``, every request a new conversation on
-  one of four shared system prompts, arrivals far above what it serves, so it is always busy
-  at a steady cost per request) with a :class:`Recorder` subscribed to its telemetry in the
-  same process (what ``tiertop run --record`` does) over the same without. Two identical
-  runtime processes serve side by side; in each round one has a recorder attached (they take
-  turns), and both count the requests completed over the same ``--segment-s`` window, so
-  whatever else the machine does slows both alike. The figure is the mean of the per-round
-  ratios over ``2 * --pairs`` rounds; the rounds, and the recorder thread's own CPU time per
-  second (``recorder_cpu_share``), are in the details.
+- **record_overhead**: the real model runtime's throughput (:class:`ModelRuntime`, tiny GPT-2 shape,
+  tiers ``dram:1MiB`` + ``disk:8MiB``, arrivals far above what it serves, every request the same
+  shape: one shared system prompt, 48 new tokens, 16 out) with a recorder attached by
+  :func:`record_runtime` exactly as ``tiertop run --record`` attaches it (a child
+  :class:`RecorderProcess` subscribed to the runtime's endpoints) over the same without, as
+  *requests per CPU second of the runtime process* (every thread): CPU time is what a neighbour on a
+  busy box cannot take from a round, where wall-clock rates swing by tens of percent. One runtime
+  process, ``--pairs`` pairs of ``--segment-s`` rounds in A-B / B-A order, whole requests only
+  (stamped at completions); the CPU recording adds outside the serving thread is paired round
+  against round, so a 2 % cost is resolvable (see :func:`record_overhead`). Standard errors, the
+  directly paired process-CPU ratio, the serving thread's own ratio, the wall-clock ratio, the
+  recorder's own CPU (its child process) and the ratio counting that CPU as the runtime's are in the
+  details.
 - **bytes_per_event**: bytes on disk per recorded message (one message = one event on the wire:
   a stats tick, a batch of block events, a finished request...) of the 10-minute session,
   keyframes and index included; bytes per block event and the compression ratio are in the
@@ -30,10 +33,13 @@ Run ``python -m benchmarks.recording`` for a table or ``--json`` for one JSON ob
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +211,13 @@ def disk_figures(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ overhead
 
-#: One runtime process of the overhead measurement: serves on a thread, and on stdin takes
-#: ``rec PATH`` (attach a recorder, as ``tiertop run --record`` does), ``unrec`` (stop it),
-#: ``count`` (answers ``COMPLETED PERF_COUNTER RECORDER_CPU_S``, or ``dead`` when its serving
-#: thread died) and ``quit``.
+#: The runtime process of the overhead measurement: serves a fixed request shape on a thread,
+#: and on stdin takes ``rec PATH`` (attach a recorder exactly as ``tiertop run --record`` does),
+#: ``unrec`` (finish it as ``tiertop run`` does when it stops), ``stamp`` (answers
+#: ``COMPLETED PROCESS_CPU_S WALL_S SERVING_CPU_S`` as of the last request completion, then the
+#: recorder's CPU seconds now, its child process's; ``dead`` when the serving thread died) and
+#: ``quit``.
+#: Stamping at completions, not when asked, means a round counts whole requests only.
 WORKER = r"""
 import sys, tempfile, threading, time
 from tiertop.monitor.recorder import finish_runtime_recording, record_runtime
@@ -218,17 +227,26 @@ from tiertop.tiers.spec import TierSpec
 
 config = RuntimeConfig(
     tiers=[TierSpec.parse("dram:1MiB"), TierSpec.parse("disk:8MiB")], model="tiny", seed=0,
+    threads=1,
     workload=WorkloadParams(
-        lambda_rate=500.0, new_conv_prob=1.0, seed=0, system_prompts=4, system_prompt_len=96,
-        prompt=LengthSpec.lognormal(48, sigma=0.5, min=1, max=192),
-        output=LengthSpec.lognormal(16, sigma=0.3, min=1, max=64)),
+        lambda_rate=500.0, new_conv_prob=1.0, seed=0, system_prompts=1, system_prompt_len=96,
+        prompt=LengthSpec.fixed(48), output=LengthSpec.fixed(16)),
     publish="tcp://127.0.0.1:0", replay="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
     duration_s=None, tick_s=0.25, workdir=tempfile.gettempdir())
 runtime = ModelRuntime(config)
+stamp = (0, 0.0, 0.0, 0.0)
+serve = runtime._serve
+
+def serve_and_stamp(request):
+    global stamp
+    serve(request)
+    thread = time.clock_gettime(time.pthread_getcpuclockid(threading.get_ident()))
+    stamp = (runtime.completed, time.process_time(), time.perf_counter(), thread)
+
+runtime._serve = serve_and_stamp
 serving = threading.Thread(target=runtime.run, daemon=True)
 serving.start()
 recorder = None
-records = 0
 print("ready", flush=True)
 for line in sys.stdin:
     cmd, _, arg = line.strip().partition(" ")
@@ -236,21 +254,30 @@ for line in sys.stdin:
         recorder = record_runtime(arg, runtime.addresses)
         print("ok", flush=True)
     elif cmd == "unrec":
-        records = finish_runtime_recording(recorder, None).records
+        records = finish_runtime_recording(recorder, runtime.publisher).records
         recorder = None
         print(f"ok {records}", flush=True)
-    elif cmd == "count":
+    elif cmd == "stamp":
         if not serving.is_alive():
             print("dead", flush=True)
             continue
-        cpu = recorder.cpu_seconds() if recorder is not None else None
-        print(runtime.completed, time.perf_counter(), -1.0 if cpu is None else cpu, flush=True)
+        cpu = recorder.cpu_seconds() if recorder is not None else 0.0
+        print(*stamp, -1.0 if cpu is None else cpu, flush=True)
     elif cmd == "quit":
         break
 runtime.stop()
 serving.join(timeout=60)  # let it finish the request in hand before the tiers close
 runtime.close()
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    completed: int
+    process_cpu_s: float
+    wall_s: float
+    serving_cpu_s: float
+    recorder_cpu_s: float
 
 
 class _Worker:
@@ -260,9 +287,9 @@ class _Worker:
 
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
-        assert self.ask_raw(None) == "ready"
+        assert self.ask(None) == "ready"
 
-    def ask_raw(self, line: str | None) -> str:
+    def ask(self, line: str | None) -> str:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         if line is not None:
             self.proc.stdin.write(line + "\n")
@@ -272,65 +299,141 @@ class _Worker:
             raise RuntimeError(f"benchmark worker died answering {line!r}")
         return answer
 
-    def count(self) -> tuple[int, float, float]:
-        answer = self.ask_raw("count")
+    def stamp(self) -> _Stamp:
+        answer = self.ask("stamp")
         if answer == "dead":
-            raise RuntimeError("a benchmark runtime stopped serving (see its traceback)")
-        completed, at, cpu = answer.split()
-        return int(completed), float(at), float(cpu)
+            raise RuntimeError("the benchmark runtime stopped serving (see its traceback)")
+        completed, *rest = answer.split()
+        return _Stamp(int(completed), *(float(x) for x in rest))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.ask_raw("quit")
+            self.ask("quit")
         self.proc.wait(timeout=30)
 
 
+@dataclass(slots=True)
+class _Round:
+    """One round: whole requests between two completions, and the CPU seconds spent on them."""
+
+    recording: bool
+    requests: int
+    wall_s: float
+    process_cpu_s: float  # every thread of the runtime process
+    serving_cpu_s: float  # the thread that serves requests (forwards, tiers)
+    recorder_cpu_s: float  # the recorder's own (its child process)
+    recorded: int
+
+    @property
+    def other_cpu_per_request(self) -> float:
+        """CPU seconds per request outside the serving thread: publisher, ZeroMQ, control
+        server, and the recorder when attached: where recording costs."""
+        return (self.process_cpu_s - self.serving_cpu_s) / self.requests
+
+
+def _round(worker: _Worker, recording: bool, segment_s: float, path: Path) -> _Round:
+    if recording:
+        assert worker.ask(f"rec {path}") == "ok"  # joined: it waits for the runtime's Hello
+    time.sleep(0.3)  # past the join's snapshot
+    a = worker.stamp()
+    time.sleep(segment_s)
+    b = worker.stamp()
+    recorded = int(worker.ask("unrec").split()[1]) if recording else 0
+    n = b.completed - a.completed
+    if n < 2 or b.process_cpu_s <= a.process_cpu_s:
+        raise RuntimeError(f"a {segment_s:g} s round completed {n} requests: too short a round "
+                           "for this machine (raise --segment-s)")
+    return _Round(recording, n, b.wall_s - a.wall_s, b.process_cpu_s - a.process_cpu_s,
+                  b.serving_cpu_s - a.serving_cpu_s, b.recorder_cpu_s - a.recorder_cpu_s,
+                  recorded)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error."""
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _rounded(pair: tuple[float, float], digits: int = 4) -> list[float]:
+    return [round(pair[0], digits), round(pair[1], digits)]
+
+
 def record_overhead(pairs: int, segment_s: float, tmp: Path) -> tuple[float, dict[str, Any]]:
-    """Two identical model-runtime processes serve a steady, saturating workload side by side;
-    in each round one of them has a recorder attached (alternating), and both count the
-    requests they complete over the same wall-clock window. Whatever else the machine does
-    slows both alike, so the ratio of the two rates in one window is what the recorder costs;
-    the figure is the mean of the per-round ratios (half the rounds with each process
-    recording, which cancels any difference between the two)."""
-    workers = [_Worker(), _Worker()]
-    ratios: list[float] = []
-    rates_with: list[float] = []
-    rates_without: list[float] = []
-    cpu_share: list[float] = []
-    recorded: list[int] = []
+    """One model-runtime process serves a saturating stream of identical requests (tiny GPT-2
+    shape, ``dram:1MiB`` + ``disk:8MiB``, one shared system prompt then 48 new tokens, 16 out;
+    one torch thread) in rounds, alternately with and without a :class:`Recorder` attached in
+    :func:`record_runtime` (what ``tiertop run --record`` does: a child process subscribed to
+    the runtime's endpoints), in A-B, B-A, A-B...
+    pairs so that a slow drift cancels. Each round takes whole requests between two
+    completions and the CPU time spent on them: of the whole process, and of the serving
+    thread alone.
+
+    Work per CPU second is what other processes cannot take from a round, but on a busy box it still
+    swings by about 10 % from second to second (caches and memory shared with neighbours), in the
+    serving thread's forwards. Recording adds CPU time outside that thread (the recorder's, the
+    publisher's and ZeroMQ's sending to one more subscriber), which the neighbours hardly touch. The
+    recorder's own process is not the runtime's: its CPU is reported beside the figure, with the
+    same ratio charging it to the runtime too (``other_with`` plus the recorder process's CPU per
+    request: what the machine pays). So the figure is requests per process-CPU second with the
+    recorder over without, computed as ``(serving + other_without) / (serving + other_with)`` per
+    request: ``other`` (outside the serving thread) paired round against round, ``serving`` pooled
+    over every round. Beside it, with standard errors: the same ratio taken directly from each
+    pair's process CPU time, the serving thread's own work per CPU second with over without (does
+    the recorder slow the serving thread itself, e.g. by holding the GIL or polluting caches? then
+    this is below 1), and requests per wall second with over without (the noisiest: it moves with
+    whatever else runs)."""
+    worker = _Worker()
+    rounds: list[_Round] = []
     try:
-        time.sleep(3.0)  # warm-up: first forwards, the tiers fill
-        for i in range(2 * pairs):
-            rec, plain = workers[i % 2], workers[1 - i % 2]
-            assert rec.ask_raw(f"rec {tmp / f'overhead-{i}.ttrec'}") == "ok"
-            time.sleep(0.3)
-            r0, p0 = rec.count(), plain.count()
-            time.sleep(segment_s)
-            r1, p1 = rec.count(), plain.count()
-            with_rate = (r1[0] - r0[0]) / (r1[1] - r0[1])
-            without_rate = (p1[0] - p0[0]) / (p1[1] - p0[1])
-            if r0[2] >= 0 and r1[2] >= 0:
-                cpu_share.append((r1[2] - r0[2]) / (r1[1] - r0[1]))
-            recorded.append(int(rec.ask_raw("unrec").split()[1]))
-            rates_with.append(with_rate)
-            rates_without.append(without_rate)
-            ratios.append(with_rate / without_rate if without_rate > 0 else float("nan"))
+        warm = worker.stamp()
+        time.sleep(3.0)  # warm-up: first forwards, the tiers fill, a steady eviction rate
+        if worker.stamp().completed - warm.completed < 2:
+            raise RuntimeError("the runtime completes under one request a second here")
+        for i in range(pairs):
+            for recording in ((True, False) if i % 2 == 0 else (False, True)):
+                rounds.append(_round(worker, recording, segment_s, tmp / f"overhead-{i}.ttrec"))
     finally:
-        for w in workers:
-            w.close()
-    ratio = statistics.fmean(ratios)
-    disk = disk_figures(tmp / "overhead-0.ttrec")
+        worker.close()
+    paired = [sorted(rounds[i:i + 2], key=lambda r: not r.recording)
+              for i in range(0, len(rounds), 2)]
+    serving = _mean_se([r.serving_cpu_s / r.requests for r in rounds])
+    other_without = _mean_se([b.other_cpu_per_request for _, b in paired])
+    extra = _mean_se([a.other_cpu_per_request - b.other_cpu_per_request for a, b in paired])
+    base = serving[0] + other_without[0]
+    ratio = base / (base + extra[0])
+    ratio_se = base * extra[1] / (base + extra[0]) ** 2
+    # The same, charging the recorder's own process to the runtime (what the machine pays).
+    extra_all = _mean_se([a.other_cpu_per_request - b.other_cpu_per_request
+                          + a.recorder_cpu_s / a.requests for a, b in paired])
+    ratio_all = base / (base + extra_all[0])
+    ratio_all_se = base * extra_all[1] / (base + extra_all[0]) ** 2
+
+    def pair_ratio(rate: Callable[[_Round], float]) -> tuple[float, float]:
+        return _mean_se([rate(a) / rate(b) for a, b in paired])
+
+    recorded = [a for a, _ in paired]
     details = {
-        "rounds": len(ratios),
+        "pairs": len(paired),
         "segment_s": segment_s,
-        "requests_per_s_with": [round(r, 2) for r in rates_with],
-        "requests_per_s_without": [round(r, 2) for r in rates_without],
-        "round_ratios": [round(r, 4) for r in ratios],
-        "median_round_ratio": round(statistics.median(ratios), 4),
-        "ratio_stdev": round(statistics.stdev(ratios), 4) if len(ratios) > 1 else None,
-        "recorder_cpu_share": round(statistics.mean(cpu_share), 5) if cpu_share else None,
-        "recorded_messages_per_round": recorded,
-        "runtime_recording_on_disk": disk,
+        "ratio_se": round(ratio_se, 4),
+        "serving_cpu_ms_per_request": _rounded((serving[0] * 1e3, serving[1] * 1e3), 3),
+        "other_cpu_ms_per_request_without": _rounded(
+            (other_without[0] * 1e3, other_without[1] * 1e3), 4),
+        "recording_extra_cpu_ms_per_request": _rounded((extra[0] * 1e3, extra[1] * 1e3), 4),
+        "recorder_process_cpu_ms_per_request": round(
+            1e3 * statistics.fmean(r.recorder_cpu_s / r.requests for r in recorded), 4),
+        "recorder_process_cpu_share_of_a_core": round(
+            statistics.fmean(r.recorder_cpu_s / r.wall_s for r in recorded), 5),
+        "cpu_ratio_counting_recorder_process": _rounded((ratio_all, ratio_all_se)),
+        "process_cpu_ratio_direct": _rounded(pair_ratio(lambda r: r.requests / r.process_cpu_s)),
+        "serving_thread_cpu_ratio": _rounded(pair_ratio(lambda r: r.requests / r.serving_cpu_s)),
+        "wall_ratio": _rounded(pair_ratio(lambda r: r.requests / r.wall_s)),
+        "round_cv_of_requests_per_process_cpu_s": round(
+            statistics.stdev(x := [r.requests / r.process_cpu_s for r in rounds])
+            / statistics.fmean(x), 4),
+        "requests_per_round": [r.requests for r in rounds],
+        "requests_per_wall_s": round(statistics.fmean(r.requests / r.wall_s for r in rounds), 2),
+        "recorded_messages_per_round": [r.recorded for r in recorded],
+        "runtime_recording_on_disk": disk_figures(tmp / "overhead-0.ttrec"),
     }
     return ratio, details
 
@@ -338,8 +441,9 @@ def record_overhead(pairs: int, segment_s: float, tmp: Path) -> tuple[float, dic
 def main() -> None:
     p = parser(__doc__.splitlines()[0] if __doc__ else "recording benchmark")
     p.add_argument("--repeats", type=int, default=3, help="replays of the session (best)")
-    p.add_argument("--pairs", type=int, default=16, help="with/without segment pairs")
-    p.add_argument("--segment-s", type=float, default=2.0, help="seconds per segment")
+    p.add_argument("--pairs", type=int, default=12,
+                   help="with/without round pairs of the overhead measurement")
+    p.add_argument("--segment-s", type=float, default=3.0, help="seconds per round")
     p.add_argument("--session-s", type=float, default=600.0, help="simulated session length")
     args = p.parse_args()
     if args.quick:
@@ -358,7 +462,12 @@ def main() -> None:
         Figure("replay_speed_vs_realtime", round(speed, 1), "x", ">= 100",
                f"{session_s:.0f} s session replayed in {best:.2f} s"),
         Figure("record_overhead", round(ratio, 4), "ratio", ">= 0.98",
-               "runtime requests/s with a recorder over without"),
+               f"± {overhead['ratio_se']} (SE): runtime requests per process-CPU second with "
+               f"a recorder over without; taken directly "
+               f"{'±'.join(map(str, overhead['process_cpu_ratio_direct']))}, per wall second "
+               f"{'±'.join(map(str, overhead['wall_ratio']))}, counting the recorder "
+               f"process's CPU as the runtime's "
+               f"{'±'.join(map(str, overhead['cpu_ratio_counting_recorder_process']))}"),
         Figure("bytes_per_event", round(disk["bytes_per_message"], 1), "B",
                note=f"{disk['bytes_per_block_event']:.1f} B per block event, "
                     f"{disk['compression_ratio']:.1f}x smaller than the payloads"),

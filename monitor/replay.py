@@ -33,6 +33,7 @@ from typing import Final
 import zstandard
 
 from .framing import Decoded
+from .protocol import TierStats
 from .recording import (
     IndexEntry,
     KeyframeInfo,
@@ -91,9 +92,9 @@ class Replayer:
         use_keyframes: bool = True,
         listeners: Sequence[Listener] = (),
     ) -> None:
+        self._check_speed(speed)
         self._own = not isinstance(recording, Recording)
         self.recording = recording if isinstance(recording, Recording) else Recording(recording)
-        self._check_speed(speed)
         self._speed = float(speed)
         self._clock = clock
         self.use_keyframes = use_keyframes
@@ -122,6 +123,9 @@ class Replayer:
         self._next = self._base_index  # index of the next record to fold
         self._seek_cursor(self._next)
         self.last_record: Record | None = None
+        # Where a seek asked to be (absolute session time), until the next record is folded:
+        # the position shown and played from is the one asked for, not the record before it.
+        self._asked_t: float | None = None
         self._playing = False
         self._anchor_wall = clock()
         self._anchor_t = self._start
@@ -158,9 +162,21 @@ class Replayer:
     @property
     def target_s(self) -> float:
         """Where the play clock is (ahead of :attr:`position_s` while playing and waiting for
-        the next record's time)."""
-        return min(max(self._target(self._clock()) - self._start, 0.0), self.duration_s) \
-            if self._playing else self.position_s
+        the next record's time; after a seek, the position asked for)."""
+        if self._playing:
+            return min(max(self._target(self._clock()) - self._start, 0.0), self.duration_s)
+        if self._asked_t is not None:
+            return self._asked_t - self._start
+        return self.position_s
+
+    @property
+    def behind(self) -> bool:
+        """True while playing with records due by the play clock not folded yet: the reader
+        is behind the clock, and the state is at :attr:`position_s`, not :attr:`target_s`."""
+        if not self._playing:
+            return False
+        rec = self._peek()
+        return rec is not None and rec.t <= self._target(self._clock())
 
     @property
     def index(self) -> int:
@@ -208,9 +224,7 @@ class Replayer:
         if self._playing:
             return
         self._playing = True
-        self._anchor_wall = self._clock()
-        rec = self.last_record
-        self._anchor_t = rec.t if rec is not None and math.isfinite(rec.t) else self._start
+        self._reanchor()
 
     def pause(self) -> None:
         self._playing = False
@@ -250,6 +264,20 @@ class Replayer:
             self._fold_next()
             n += 1
         return n
+
+    def step_tick(self) -> list[Decoded]:
+        """Pause and fold every record up to and including the next :class:`TierStats`: one
+        runtime tick, so the figures and series move by one sample (a single message is often
+        a batch of block events that changes nothing visible). The decoded messages."""
+        self.pause()
+        out: list[Decoded] = []
+        while self._peek() is not None:
+            message = self._fold_next()
+            if message is not None:
+                out.append(message)
+                if isinstance(message, TierStats):
+                    break
+        return out
 
     def step(self, n: int = 1) -> list[Decoded]:
         """Pause and fold the next ``n`` records; the decoded messages (undecodable ones are
@@ -301,9 +329,13 @@ class Replayer:
         index = self.recording.records_up_to(target) if position_s > 0 else (
             self._first_at_start())
         self.seek_index(index)
+        self._asked_t = target
+        if self._playing:
+            self._reanchor()
 
     def seek_index(self, index: int) -> None:
         """Go to the state after every record before ``index``."""
+        self._asked_t = None
         index = max(index, self._base_index)
         current = self._next
         if index != current:
@@ -377,7 +409,10 @@ class Replayer:
     def _reanchor(self) -> None:
         self._anchor_wall = self._clock()
         rec = self.last_record
-        self._anchor_t = rec.t if rec is not None and math.isfinite(rec.t) else self._start
+        if self._asked_t is not None:
+            self._anchor_t = self._asked_t
+        else:
+            self._anchor_t = rec.t if rec is not None and math.isfinite(rec.t) else self._start
 
     @staticmethod
     def _after_entry(entry: IndexEntry) -> int:
@@ -425,6 +460,7 @@ class Replayer:
         self._next = self._base_index
         self._seek_cursor(self._next)
         self.last_record = None
+        self._asked_t = None
 
     def _seek_cursor(self, index: int) -> None:
         chunks = self.recording.chunks
@@ -468,6 +504,7 @@ class Replayer:
         message = self.folder.feed(rec.topic, rec.seq, rec.payload, rec.received_at)
         self._next = rec.index + 1
         self.last_record = rec
+        self._asked_t = None
         if message is not None:
             for listener in self.listeners:
                 listener(message, rec)

@@ -150,7 +150,9 @@ class PhaseResult:
         start_s: Start, seconds from the session start.
         end_s: Where it ended (its end, or the end of the data when that came first).
         complete: False when the data ended before the phase's end.
-        tiers: Per tier (fastest first): ``hits``, ``misses``, ``hit_ratio``, ``evictions``,
+        tiers: Per tier (fastest first; a tier the runtime's Hello does not list and that
+            has no data in the phase, e.g. a rack pool only named by fault events, is left
+            out): ``hits``, ``misses``, ``hit_ratio``, ``evictions``,
             ``promotions``, ``demotions``, ``drops``, ``puts``, ``bytes_in``, ``bytes_out``,
             ``errors``, ``corrupt`` (counts over the phase), ``occupancy_mean``,
             ``occupancy_end`` (fractions), ``used_bytes_end``, ``capacity_bytes_end``,
@@ -413,6 +415,8 @@ class PhaseSummarizer:
         result = PhaseResult(phase.name, phase.start_s, end_s, complete)
         migrations = 0.0
         evictions = 0.0
+        hello = model.hello
+        known = {t.name for t in hello.tiers} if hello is not None else None
         for name in model.tier_names():
             c = o.counts.get(name, dict.fromkeys(COUNTERS, 0.0))
             w = model.tier_window(name, window) if not empty and window else {}
@@ -427,7 +431,12 @@ class PhaseSummarizer:
             row["get_p50_s"] = w.get("get_p50_s")
             row["get_p99_s"] = w.get("get_p99_s")
             row["get_mean_s"] = w.get("get_mean_s")
-            result.tiers[name] = {k: _clean(v) for k, v in row.items()}
+            row = {k: _clean(v) for k, v in row.items()}
+            if known is not None and name not in known and not any(row.values()):
+                # Only a fault or health event named it (the simulator's per-rack pools,
+                # ``pool@R``, whose traffic is in ``pool``): an empty row says nothing.
+                continue
+            result.tiers[name] = row
             migrations += c["promotions"] + c["demotions"]
             evictions += c["evictions"]
         sw: Mapping[str, Any] = model.service_window(window) if not empty and window else {}

@@ -197,3 +197,24 @@ def test_listeners_see_every_folded_message_in_order(recording: Path) -> None:
     assert seen == list(range(len(seen))) and len(seen) == r.index
     stats = [m for m, _ in r.iter_messages(20.0) if isinstance(m, TierStats | Snapshot)]
     assert len(stats) == 40
+
+
+def test_step_a_tick_and_play_from_where_a_seek_asked(recording: Path) -> None:
+    now = [0.0]
+    r = Replayer(recording, clock=lambda: now[0])
+    stepped = r.step_tick()
+    assert isinstance(stepped[-1], TierStats) and stepped[-1].tick == 1
+    assert not any(isinstance(m, TierStats) for m in stepped[:-1])
+    assert r.step_tick()[-1].tick == 2  # type: ignore[attr-defined]
+
+    r.seek(45.1)
+    assert 45.0 < r.position_s < 45.1  # the last record at or before it
+    assert r.target_s == pytest.approx(45.1)  # where it was asked to go
+    r.play()
+    now[0] = 0.2
+    assert r.behind  # due by the clock, not folded yet
+    r.update()
+    assert not r.behind and r.model.stats is not None and r.model.stats.tick == 181
+    assert r.target_s == pytest.approx(45.3)  # played on from 45.1, not from 45.0
+    r.step_tick()
+    assert r.target_s == r.position_s  # a fold forgets the asked position

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from tiertop.monitor.framing import FrameDecoder
-from tiertop.monitor.protocol import Hello
+from tiertop.monitor.protocol import FaultEvent, Hello
 from tiertop.monitor.recording import RecordingWriter
 from tiertop.monitor.replay import Replayer
 from tiertop.monitor.state import StateModel
@@ -104,3 +105,31 @@ def test_table_and_json_forms(path: Path) -> None:
     whole = summarize_replay(Replayer(path))
     assert [p.name for p in whole.phases] == ["all"] and whole.phases[0].complete
     assert whole.phases[0].service["requests"] == 480
+
+
+def test_tiers_only_named_by_fault_events_get_no_empty_rows() -> None:
+    """The simulator names each rack's pool (``pool@R``) in its fault and health events while
+    their traffic is counted under ``pool``: no row for them, but the tiers of the runtime's
+    Hello always have one, with or without data."""
+    frames = session(10.0, fault_at=None)
+    hello_index = 0
+    model = StateModel()
+    summarizer = PhaseSummarizer(model)
+    decoder = FrameDecoder()
+    for i, (r, topic, seq, payload) in enumerate(frames):
+        message = decoder.decode(topic, seq, payload)
+        if i == hello_index:
+            assert isinstance(message, Hello)
+            message.tiers.append(msgspec.structs.replace(message.tiers[0], name="idle"))
+        summarizer.fold(message, r)
+        if i == 20:
+            summarizer.fold(FaultEvent(tier="pool@3", fault="down", old="inactive",
+                                       new="active", reason="injected", clock=model.last_clock
+                                       or 0.0, source="test:1", epoch=7), r)
+    assert "pool@3" in model.tier_names() and model.tier("pool@3") is not None
+    summary = summarizer.finish()
+    rows = summary.phases[0].tiers
+    assert list(rows) == [*TIERS, "idle"]
+    assert rows["idle"]["hits"] == 0 and rows["idle"]["hit_ratio"] is None
+    assert summary.phases[0].service["faults"] == 1
+    assert "pool@3" not in render_summary(summary)
