@@ -112,8 +112,10 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Final
 
 import numpy as np
@@ -220,8 +222,8 @@ def as_keys(keys: Iterable[Any] | npt.NDArray[Any]) -> U64Array:
         if keys.dtype.kind in "iu":
             return keys.astype(np.uint64)
     seq = keys if isinstance(keys, list) else list(keys)
-    try:
-        return np.array(seq, dtype=np.uint64)
+    try:  # array's conversion of ints is several times numpy's
+        return np.frombuffer(array("Q", seq), dtype=np.uint64)
     except (OverflowError, TypeError, ValueError):
         return np.array([key_int(k) for k in seq], dtype=np.uint64)
 
@@ -558,6 +560,19 @@ class MissRatioCurve:
             if hv >= sim.threshold:
                 break
             sim.others[recency] += 1
+
+    def sampled_accesses(self, keys: list[int], hashes: list[int], classes: list[int]) -> None:
+        """Sampled items that are all accesses, in order: the same as one
+        :meth:`sampled_item` each, at one call's cost."""
+        self.flush()
+        self._sample(keys, hashes, classes)
+
+    @property
+    def room(self) -> int:
+        """Blocks the sample can still take before fixed-size SHARDS lowers the rate and
+        forgets blocks: up to that many accesses can be held back and given together."""
+        self.flush()
+        return self._max_live - self._live
 
     def sampled_access(self, key: int, hv: int) -> None:
         """An access the caller already knows is sampled (``hv = hash64(key, seed)`` below
@@ -1031,7 +1046,7 @@ class MrcTracker:
     def fold(self, message: Any) -> None:
         """Fold one decoded message; types other than the ones below are ignored."""
         if isinstance(message, KvEventBatch):
-            self._on_batch(message)
+            self._on_batches([message])
         elif isinstance(message, TierStats):
             self._on_stats(message)
         elif isinstance(message, Hello):
@@ -1043,8 +1058,23 @@ class MrcTracker:
                 self._on_stats(message.stats)
 
     def fold_many(self, messages: Iterable[Any]) -> None:
+        """Fold messages in order; consecutive block-event batches are scanned together (up to
+        ``_BATCH`` events), so numpy's per-call cost is shared by more events."""
+        run: list[KvEventBatch] = []
+        held = 0
         for message in messages:
-            self.fold(message)
+            if isinstance(message, KvEventBatch):
+                run.append(message)
+                held += len(message.events)
+                if held < _BATCH:
+                    continue
+            if run:
+                self._on_batches(run)
+                run, held = [], 0
+            if not isinstance(message, KvEventBatch):
+                self.fold(message)
+        if run:
+            self._on_batches(run)
 
     def _on_hello(self, m: Hello) -> None:
         if m.topology.tier_order:
@@ -1078,47 +1108,74 @@ class MrcTracker:
     def _forget(self, key: int) -> None:
         self._where.pop(key, None)
 
-    def _on_batch(self, batch: KvEventBatch) -> None:
-        events = batch.events
-        if not events:
+    def _on_batches(self, batches: list[KvEventBatch]) -> None:
+        """Consecutive block-event batches: every hash is hashed, and every stored one offered
+        to the recency classes, in one numpy pass; only sampled hashes go through the access
+        rules in Python (they alone have per-block state)."""
+        batches = [batch for batch in batches if batch.events]
+        if not batches:
             return
+        events = (batches[0].events if len(batches) == 1
+                  else list(chain.from_iterable(batch.events for batch in batches)))
+        scanned = _scan(events)
+        if scanned is None:  # a clear: it applies in order among the hashes
+            for batch in batches:
+                self._on_batch_in_order(batch)
+            return
+        flat, owner, store_event = scanned
+        self.batches += len(batches)
+        self.events += len(events)
+        curve = self.curve
+        keys = as_keys(flat)
+        hv = hash64_array(keys, curve.seed)
+        is_store = store_event[owner]
+        classes = np.full(keys.size, -1, dtype=np.intp)
+        classes[is_store] = curve.offer_items(hv[is_store])
+        picked = np.flatnonzero(hv < np.uint64(min(curve.threshold, _MASK64)))
+        base = self._position
+        self._position += keys.size
+        positions = (picked + base).tolist()
+        owners = owner[picked].tolist()
+        picked_keys = keys[picked].tolist()
+        picked_hv = hv[picked].tolist()
+        picked_classes = classes[picked].tolist()
+        # Batch by batch, as before they were scanned together: ``_where`` is pruned after each.
+        ends = np.cumsum([len(batch.events) for batch in batches])
+        cuts = np.searchsorted(owner[picked], ends).tolist()
+        start = first = 0
+        for batch, cut, end in zip(batches, cuts, ends.tolist(), strict=True):
+            if cut > start:
+                self._items(batch.events, _event_tiers(batch), positions[start:cut],
+                            [o - first for o in owners[start:cut]], picked_keys[start:cut],
+                            picked_hv[start:cut], picked_classes[start:cut])
+            self._prune_where()
+            start, first = cut, end
+
+    def _on_batch_in_order(self, batch: KvEventBatch) -> None:
+        """A batch with clears: every position walked in order, a clear's marker included."""
+        events = batch.events
         self.batches += 1
         self.events += len(events)
         flat: list[Any] = []  # every hash in stream order, None for a clear
         owners: list[int] = []  # the event of each
-        stores: list[bool] = []  # per event: a BlockStored
-        clears = False
         for i, event in enumerate(events):
-            stored = type(event) is BlockStored
-            stores.append(stored)
             hashes = () if isinstance(event, AllBlocksCleared) else event.block_hashes
-            if len(hashes) == 1:
-                flat.append(hashes[0])
-                owners.append(i)
-            elif hashes:
+            if hashes:
                 flat.extend(hashes)
                 owners.extend([i] * len(hashes))
-            elif not stored:  # a clear must apply in order: a marker position
+            elif type(event) is not BlockStored:  # a clear: a marker position
                 flat.append(None)
                 owners.append(i)
-                clears = True
         base = self._position
         self._position += len(flat)
-        present = [p for p, k in enumerate(flat) if k is not None] if clears else None
-        keys = as_keys(flat if present is None else [flat[p] for p in present])
+        present = [p for p, k in enumerate(flat) if k is not None]
         curve = self.curve
+        keys = as_keys([flat[p] for p in present])
         hv = hash64_array(keys, curve.seed)
-        owner = np.array(owners if present is None else [owners[p] for p in present],
-                         dtype=np.intp)
-        is_store = np.array(stores, dtype=bool)[owner]
+        store_event = np.array([type(e) is BlockStored for e in events], dtype=bool)
+        is_store = store_event[np.array([owners[p] for p in present], dtype=np.intp)]
         classes = np.full(keys.size, -1, dtype=np.intp)
         classes[is_store] = curve.offer_items(hv[is_store])
-        if present is None:
-            picked = np.flatnonzero(hv < np.uint64(min(curve.threshold, _MASK64)))
-            self._items(events, batch.tiers, owners, base, picked.tolist(),
-                        keys[picked].tolist(), hv[picked].tolist(), classes[picked].tolist())
-            return
-        # clears present: every position in order, markers (key None) included
         full_keys: list[int | None] = [None] * len(flat)
         full_hv = [0] * len(flat)
         full_classes = [-1] * len(flat)
@@ -1126,19 +1183,30 @@ class MrcTracker:
             full_keys[p] = int(keys[n])
             full_hv[p] = int(hv[n])
             full_classes[p] = int(classes[n])
-        self._items(events, batch.tiers, owners, base, range(len(flat)), full_keys, full_hv,
-                    full_classes)
+        self._items(events, _event_tiers(batch), [base + p for p in range(len(flat))],
+                    owners, full_keys, full_hv, full_classes)
+        self._prune_where()
 
-    def _items(self, events: list[Any], tiers: list[str], owners: list[int], base: int,
-               positions: Iterable[int], keys: Sequence[int | None], hashes: Sequence[int],
+    def _items(self, events: Sequence[Any], tiers: Sequence[str], positions: Sequence[int],
+               owners: Sequence[int], keys: Sequence[int | None], hashes: Sequence[int],
                classes: Sequence[int]) -> None:
-        """The access rules for these positions of the batch (parallel to keys, hashes and
-        recency classes; a None key is a clear)."""
+        """The access rules for these hashes (parallel lists: stream position, index of the
+        event in ``events``, key, sampling hash, recency class; a None key is a clear).
+
+        Accesses are held back and given to the curve together while it has room for them
+        all: only fixed-size SHARDS forgetting blocks (and lowering the threshold) could make
+        an earlier access change how a later hash is read, and it cannot happen before then."""
         curve = self.curve
         where = self._where
-        for n, p in enumerate(positions):
-            event = events[owners[p]]
-            tier = tiers[owners[p]] if owners[p] < len(tiers) else str(event.medium)
+        limit = curve.threshold
+        room = curve.room
+        held_keys: list[int] = []
+        held_hv: list[int] = []
+        held_classes: list[int] = []
+        for n, position in enumerate(positions):
+            owner = owners[n]
+            event = events[owner]
+            tier = tiers[owner]
             key = keys[n]
             if key is None:
                 if type(event) is AllBlocksCleared:
@@ -1148,9 +1216,8 @@ class MrcTracker:
                         holders.discard(tier)
                 continue
             hv = hashes[n]
-            if hv >= curve.threshold:
+            if hv >= limit:
                 continue
-            position = base + p
             if type(event) is BlockRemoved:
                 was = where.get(key)
                 if was is not None:
@@ -1160,22 +1227,76 @@ class MrcTracker:
                 self._last_removed = (key, tier, position)
                 continue
             held = where.get(key)
-            previous: set[str] = set(held) if held else set()
             last = self._last_removed
-            if last is not None and last[0] == key and last[2] == position - 1:
-                previous.add(last[1])
-            if not previous or tier in previous:
-                is_access = True
-            else:
-                rank = self._tier_rank(tier)
-                is_access = all(rank < self._tier_rank(t) for t in previous)
-            if held is None:
-                where[key] = {tier}
-            else:
+            moved_from = (last[1] if last is not None and last[0] == key
+                          and last[2] == position - 1 else None)
+            if held:
+                is_access = tier in held or tier == moved_from or self._faster(
+                    tier, held if moved_from is None else {*held, moved_from})
                 held.add(tier)
-            if is_access:
-                self.accesses_seen += 1
-            curve.sampled_item(key, hv, classes[n], is_access)
-        if curve.max_keys is not None and len(where) > 2 * curve.max_keys:
-            for key in [k for k in where if k not in curve]:
+            else:
+                is_access = (moved_from is None or tier == moved_from
+                             or self._faster(tier, (moved_from,)))
+                if held is None:
+                    where[key] = {tier}
+                else:
+                    held.add(tier)
+            if not is_access:
+                curve.sampled_item(key, hv, classes[n], False)
+                continue
+            self.accesses_seen += 1
+            if len(held_keys) >= room:  # the curve may forget blocks: give it what is held
+                curve.sampled_accesses(held_keys, held_hv, held_classes)
+                held_keys, held_hv, held_classes = [], [], []
+                room = curve.room
+                if room <= 0:  # this access may make it forget blocks: give it alone
+                    curve.sampled_item(key, hv, classes[n], True)
+                    limit, room = curve.threshold, curve.room
+                    continue
+            held_keys.append(key)
+            held_hv.append(hv)
+            held_classes.append(classes[n])
+        if held_keys:
+            curve.sampled_accesses(held_keys, held_hv, held_classes)
+
+    def _faster(self, tier: str, than: Iterable[str]) -> bool:
+        """Whether ``tier`` is faster than every one of ``than``."""
+        rank = self._tier_rank(tier)
+        return all(rank < self._tier_rank(t) for t in than)
+
+    def _prune_where(self) -> None:
+        """Forget where blocks the curve no longer tracks are (bounds ``_where``)."""
+        where = self._where
+        if self.curve.max_keys is not None and len(where) > 2 * self.curve.max_keys:
+            for key in [k for k in where if k not in self.curve]:
                 del where[key]
+
+
+def _scan(events: Sequence[Any]) -> tuple[list[Any], IntArray, npt.NDArray[np.bool_]] | None:
+    """Every hash of these events in order, the index of its event, and which events are
+    stores; None when one is a clear (no per-hash scan can keep its place in the order).
+    Why comprehensions: one attribute read per event is most of the cost of a scan."""
+    try:
+        hashes = [event.block_hashes for event in events]
+    except AttributeError:  # AllBlocksCleared has no hashes
+        return None
+    store_event = np.frombuffer(bytes([type(event) is BlockStored for event in events]),
+                                dtype=np.bool_)
+    n = len(events)
+    try:
+        flat = [h for (h,) in hashes]  # one hash per event: the common case
+    except ValueError:
+        counts = np.fromiter(map(len, hashes), dtype=np.intp, count=n)
+        if not store_event[counts == 0].all():  # BlockRemoved with no hashes: a tier clear
+            return None
+        return (list(chain.from_iterable(hashes)),
+                np.repeat(np.arange(n, dtype=np.intp), counts), store_event)
+    return flat, np.arange(n, dtype=np.intp), store_event
+
+
+def _event_tiers(batch: KvEventBatch) -> list[str]:
+    """Each event's tier (an event beyond the batch's tier list: its medium)."""
+    tiers, events = batch.tiers, batch.events
+    if len(tiers) >= len(events):
+        return tiers
+    return [*tiers, *(str(event.medium) for event in events[len(tiers):])]

@@ -4,6 +4,7 @@ the block-event mapping, and the cost budget."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from tiertop.monitor.mrc import (
     MrcSink,
     MrcTracker,
     TierCapacity,
+    as_keys,
     hash64,
     hash64_array,
 )
@@ -548,6 +550,197 @@ def test_tracker_is_bounded_and_deterministic() -> None:
     assert a.curve.summary() == b.curve.summary()
     sizes = [10, 1000, 50000]
     assert a.curve.curve(sizes).tolist() == b.curve.curve(sizes).tolist()
+
+
+class PerEventTracker(MrcTracker):
+    """The tracker as it folded block events before the vectorised scan (its code, kept as the
+    reference): every event walked in Python, batch by batch, one curve call per sampled
+    access."""
+
+    def _on_batches(self, batches: list[KvEventBatch]) -> None:
+        for batch in batches:
+            self._on_batch(batch)
+
+    def _on_batch(self, batch: KvEventBatch) -> None:
+        events = batch.events
+        if not events:
+            return
+        self.batches += 1
+        self.events += len(events)
+        flat: list[Any] = []  # every hash in stream order, None for a clear
+        owners: list[int] = []  # the event of each
+        stores: list[bool] = []  # per event: a BlockStored
+        clears = False
+        for i, event in enumerate(events):
+            stored = type(event) is BlockStored
+            stores.append(stored)
+            hashes = () if isinstance(event, AllBlocksCleared) else event.block_hashes
+            if len(hashes) == 1:
+                flat.append(hashes[0])
+                owners.append(i)
+            elif hashes:
+                flat.extend(hashes)
+                owners.extend([i] * len(hashes))
+            elif not stored:  # a clear must apply in order: a marker position
+                flat.append(None)
+                owners.append(i)
+                clears = True
+        base = self._position
+        self._position += len(flat)
+        present = [p for p, k in enumerate(flat) if k is not None] if clears else None
+        keys = as_keys(flat if present is None else [flat[p] for p in present])
+        curve = self.curve
+        hv = hash64_array(keys, curve.seed)
+        owner = np.array(owners if present is None else [owners[p] for p in present],
+                         dtype=np.intp)
+        is_store = np.array(stores, dtype=bool)[owner]
+        classes = np.full(keys.size, -1, dtype=np.intp)
+        classes[is_store] = curve.offer_items(hv[is_store])
+        if present is None:
+            picked = np.flatnonzero(hv < np.uint64(min(curve.threshold, (1 << 64) - 1)))
+            self._walk(events, batch.tiers, owners, base, picked.tolist(),
+                       keys[picked].tolist(), hv[picked].tolist(), classes[picked].tolist())
+            return
+        full_keys: list[int | None] = [None] * len(flat)
+        full_hv = [0] * len(flat)
+        full_classes = [-1] * len(flat)
+        for n, p in enumerate(present):
+            full_keys[p] = int(keys[n])
+            full_hv[p] = int(hv[n])
+            full_classes[p] = int(classes[n])
+        self._walk(events, batch.tiers, owners, base, range(len(flat)), full_keys, full_hv,
+                   full_classes)
+
+    def _walk(self, events: list[Any], tiers: list[str], owners: list[int], base: int,
+              positions: Any, keys: Any, hashes: Any, classes: Any) -> None:
+        curve = self.curve
+        where = self._where
+        for n, p in enumerate(positions):
+            event = events[owners[p]]
+            tier = tiers[owners[p]] if owners[p] < len(tiers) else str(event.medium)
+            key = keys[n]
+            if key is None:
+                if type(event) is AllBlocksCleared:
+                    where.clear()
+                else:  # BlockRemoved with no hashes: the whole tier is cleared
+                    for holders in where.values():
+                        holders.discard(tier)
+                continue
+            hv = hashes[n]
+            if hv >= curve.threshold:
+                continue
+            position = base + p
+            if type(event) is BlockRemoved:
+                was = where.get(key)
+                if was is not None:
+                    was.discard(tier)
+                    if not was:
+                        del where[key]
+                self._last_removed = (key, tier, position)
+                continue
+            held = where.get(key)
+            previous: set[str] = set(held) if held else set()
+            last = self._last_removed
+            if last is not None and last[0] == key and last[2] == position - 1:
+                previous.add(last[1])
+            if not previous or tier in previous:
+                is_access = True
+            else:
+                rank = self._tier_rank(tier)
+                is_access = all(rank < self._tier_rank(t) for t in previous)
+            if held is None:
+                where[key] = {tier}
+            else:
+                held.add(tier)
+            if is_access:
+                self.accesses_seen += 1
+            curve.sampled_item(key, hv, classes[n], is_access)
+        if curve.max_keys is not None and len(where) > 2 * curve.max_keys:
+            for key in [k for k in where if k not in curve]:
+                del where[key]
+
+
+def busy_stream(n: int, blocks: int, seed: int, clears: float) -> list[Any]:
+    """Block events of every kind: stores and removes across tiers, moves up and down, events
+    with several hashes or none, a few bytes digests, and ``clears`` of them clears (of a tier
+    or of everything)."""
+    rng = np.random.default_rng(seed)
+    tiers = ["gpu", "cpu", "disk", "remote"]
+    events: list[Any] = []
+    while len(events) < n:
+        key = int(rng.zipf(1.2)) % blocks if rng.random() < 0.7 else int(rng.integers(blocks))
+        h: Any = key.to_bytes(8, "little") + b"xx" if rng.random() < 0.02 else key
+        tier, other = (str(t) for t in rng.choice(tiers, 2))
+        roll = rng.random()
+        if roll < clears:
+            events.append(BlockRemoved([], tier) if roll < clears * 0.8 else AllBlocksCleared())
+        elif roll < 0.45:
+            events.append(_stored(h, tier))
+        elif roll < 0.75:
+            events.append(BlockRemoved([h], tier))
+        elif roll < 0.95:  # a move: removed from one tier, stored in another
+            events += [BlockRemoved([h], other), _stored(h, tier)]
+        else:  # several hashes, or none
+            more = [int(k) for k in rng.integers(blocks, size=int(rng.integers(0, 4)))]
+            events.append(BlockStored([h, *more][1:] if roll < 0.97 else [h, *more], None, [],
+                                      0, None, tier, None) if roll < 0.985
+                          else BlockRemoved([h, *more], tier))
+    return events
+
+
+def benchmark_stream(batches: int, batch: int = 512) -> list[KvEventBatch]:
+    """The dashboard benchmark's producer: stores and removes alternating over four tiers."""
+    tiers = ("gpu", "dram", "numa", "disk")
+    events: list[Any] = []
+    for i in range(batches * batch):
+        if i % 2 == 0:
+            events.append(_stored(i % 40_000, tiers[i & 3]))
+        else:
+            events.append(BlockRemoved([i % 40_000 - 1], tiers[i & 3]))
+    return _batches(events, batch)
+
+
+def assert_same_fold(reference: MrcTracker, tracker: MrcTracker) -> None:
+    sizes = [1, 10, 100, 1000, 10_000]
+    for attr in ("accesses_seen", "events", "batches", "_where", "_last_removed", "_position"):
+        assert getattr(tracker, attr) == getattr(reference, attr), attr
+    assert tracker.curve.summary() == reference.curve.summary()
+    for policy in ["lru", *reference.curve.policies]:
+        assert (tracker.curve.curve(sizes, policy).tolist()
+                == reference.curve.curve(sizes, policy).tolist()), policy
+
+
+@pytest.mark.parametrize(("rate", "max_keys", "policies"), [
+    (1.0, 64, None),  # fixed size: the rate drops and blocks are forgotten all along
+    (0.3, 16, {"s3fifo": [20, 200]}),  # mini-caches sample blocks the LRU sample does not
+    (0.05, DEFAULT_MAX_KEYS, None),
+])
+def test_scanned_fold_is_the_per_event_fold(rate: float, max_keys: int | None,
+                                            policies: dict[str, list[int]] | None) -> None:
+    """Folding batches together, hashes scanned with numpy and accesses given in groups, gives
+    exactly what walking every event did, whatever the batching."""
+    for clears, size, group in ((0.0, 97, 1), (0.0, 700, 9), (0.0, 5000, 3), (0.003, 700, 9)):
+        batches = _batches(busy_stream(20_000, 3000, 4, clears), size)
+        batches[1] = KvEventBatch(topic="kv-events", seq=1, ts=0.0, events=batches[1].events,
+                                  tiers=batches[1].tiers[:5])  # a short tier list: the medium
+        reference = PerEventTracker(
+            MissRatioCurve(rate=rate, max_keys=max_keys, policies=policies))
+        tracker = MrcTracker(MissRatioCurve(rate=rate, max_keys=max_keys, policies=policies))
+        for i in range(0, len(batches), group):
+            reference.fold_many(batches[i:i + group])
+            tracker.fold_many(batches[i:i + group])
+        assert_same_fold(reference, tracker)
+
+
+def test_scanned_fold_of_the_dashboard_benchmark_stream() -> None:
+    batches = benchmark_stream(24)
+    reference = PerEventTracker(MissRatioCurve(rate=0.02))
+    tracker = MrcTracker(MissRatioCurve(rate=0.02))
+    reference.fold_many(batches)
+    for i in range(0, len(batches), 8):  # as the dashboard's feed folds: 4,096 events a time
+        tracker.fold_many(batches[i:i + 8])
+    assert tracker.accesses_seen > 0
+    assert_same_fold(reference, tracker)
 
 
 def test_coverage_from_tier_stats() -> None:
