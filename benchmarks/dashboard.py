@@ -14,9 +14,12 @@ loopback.
   update blocks counted on the pty), while the producer publishes 200,000 block events per
   second (plus per-tick tier statistics, finished requests and block moves) and the dashboard
   ingests them. The offered and ingested event rates are reported beside it.
-* ``key_to_screen_ms_p99``: under the same load, time from writing ``z`` (zoom) to the pty to
-  the moment the new zoom label (``zoom 5m`` …) comes out of it; 99th percentile of many
-  presses at irregular intervals.
+* ``key_to_screen_ms_p99``: under the same load, time from writing ``z`` (zoom: every panel's
+  history is redrawn over the new window) to the pty until the frame that names the new window
+  (``zoom 5m`` …) has come out of it whole, up to the end of its synchronized update, when a
+  terminal draws it; 99th percentile of many presses at irregular intervals. The CPU share of
+  the dashboard's UI thread and of its other threads (ingest, terminal I/O) over the frame
+  count's window are reported beside it.
 * ``rss_growth_mb_per_hour``: the dashboard's resident memory over a soak fed by a simulated
   runtime whose clock runs ``--speed`` times faster than the wall clock (tier statistics every
   virtual second, requests, moves and block events at matching rates); the slope of a
@@ -56,6 +59,7 @@ TIERS = ("gpu", "dram", "numa", "disk")
 EVENTS_PER_S = 200_000
 COLS, ROWS = 160, 48
 SYNC_START = b"\x1b[?2026h"
+SYNC_END = b"\x1b[?2026l"
 SYNC_QUERY = b"\x1b[?2026$p"
 SYNC_REPLY = b"\x1b[?2026;2$y"  # "supported, currently reset"
 ZOOM_LABELS = (b"zoom 5m", b"zoom 15m", b"zoom all", b"zoom 1m")
@@ -219,6 +223,8 @@ class Terminal:
         self.bytes = 0
         self._tail = b""
         self._want: bytes | None = None
+        self._until_frame_end = False
+        self._seen = False  # the wanted bytes came; waiting for the end of their frame
         self._found = threading.Event()
         self.found_at = 0.0
         self._stop = False
@@ -237,33 +243,51 @@ class Terminal:
             if not data:
                 return
             now = time.monotonic()
-            buf = self._tail + data
-            if SYNC_QUERY in buf:
-                os.write(self.master, SYNC_REPLY)
             with self.lock:
+                buf = self._tail + data
+                if SYNC_QUERY in buf:
+                    os.write(self.master, SYNC_REPLY)
                 self.bytes += len(data)
                 start = max(0, len(self._tail) - len(SYNC_START) + 1)
                 i = buf.find(SYNC_START, start)
                 while i != -1:
                     self.frames.append(now)
                     i = buf.find(SYNC_START, i + 1)
-                want = self._want
-                if want is not None and want in buf[max(0, len(self._tail) - len(want)):]:
+                if self._want is not None and self._arrived(buf):
                     self.found_at = now
                     self._want = None
                     self._found.set()
-            self._tail = buf[-64:]
+                self._tail = buf[-64:]
+
+    def _arrived(self, buf: bytes) -> bool:
+        """Whether what is waited for is on the screen with this read (``buf``: the tail of
+        the last read, then this one): the wanted bytes and, for a key's effect, the end of the
+        synchronized update that carries them, when a terminal draws the frame."""
+        assert self._want is not None
+        new = len(self._tail)  # where this read starts in buf
+        if not self._seen:
+            i = buf.find(self._want, max(0, new - len(self._want) + 1))
+            if i == -1:
+                return False
+            self._seen = True
+            return not self._until_frame_end or buf.find(SYNC_END, i + len(self._want)) != -1
+        return buf.find(SYNC_END, max(0, new - len(SYNC_END) + 1)) != -1
+
+    def _expect(self, marker: bytes, until_frame_end: bool) -> None:
+        with self.lock:
+            self._want = marker
+            self._until_frame_end = until_frame_end
+            self._seen = False
+            self._found.clear()
 
     def frames_between(self, t0: float, t1: float) -> int:
         with self.lock:
             return sum(1 for t in self.frames if t0 <= t < t1)
 
     def key_to_screen(self, key: bytes, expect: bytes, timeout: float = 5.0) -> float | None:
-        """Seconds from writing ``key`` until ``expect`` is written by the dashboard."""
-        with self.lock:
-            self._want = expect
-            self._found.clear()
-            self._tail = b""
+        """Seconds from writing ``key`` until the frame that shows ``expect`` has been written
+        whole (its synchronized update ended: a terminal draws it then)."""
+        self._expect(expect, until_frame_end=True)
         t0 = time.monotonic()
         os.write(self.master, key)
         if not self._found.wait(timeout):
@@ -273,10 +297,19 @@ class Terminal:
         return self.found_at - t0
 
     def wait_output(self, marker: bytes, timeout: float) -> bool:
-        with self.lock:
-            self._want = marker
-            self._found.clear()
+        self._expect(marker, until_frame_end=False)
         return self._found.wait(timeout)
+
+    def thread_cpu(self) -> tuple[float, float]:
+        """CPU seconds of the dashboard's main (UI) thread and of all its other threads."""
+        pid = self.proc.pid
+        ui = other = 0.0
+        for t in psutil.Process(pid).threads():
+            if t.id == pid:
+                ui += t.user_time + t.system_time
+            else:
+                other += t.user_time + t.system_time
+        return ui, other
 
     def rss(self) -> int:
         rss: int = psutil.Process(self.proc.pid).memory_info().rss
@@ -313,9 +346,11 @@ def load_phase(seconds: float, presses: int, events_per_s: float) -> dict[str, A
             raise RuntimeError("the dashboard did not come up")
         producer.go()
         time.sleep(3.0)  # warm up: the ingest reaches its steady state
+        threads0 = term.thread_cpu()
         t0 = time.monotonic()
         time.sleep(seconds)
         t1 = time.monotonic()
+        threads1 = term.thread_cpu()
         frames = term.frames_between(t0, t1)
         cpu = psutil.Process(term.proc.pid).cpu_times()
         latencies: list[float] = []
@@ -353,6 +388,8 @@ def load_phase(seconds: float, presses: int, events_per_s: float) -> dict[str, A
         "unrecovered": stats.get("unrecovered"),
         "dashboard_refreshes": stats.get("refreshes"),
         "dashboard_cpu_s": cpu.user + cpu.system,
+        "ui_thread_cpu_share": (threads1[0] - threads0[0]) / (t1 - t0),
+        "other_threads_cpu_share": (threads1[1] - threads0[1]) / (t1 - t0),
         "dashboard_exit": code,
     }
 
@@ -419,7 +456,10 @@ def main() -> None:
                round(load["key_p99_ms"], 1) if load["key_p99_ms"] is not None else None,
                "ms", "<= 100",
                f"p50 {load['key_p50_ms']:.1f} ms, {load['key_presses']} presses, "
-               f"{load['key_missed']} missed" if load["key_p50_ms"] is not None else ""),
+               f"{load['key_missed']} missed; CPU: UI thread "
+               f"{load['ui_thread_cpu_share']:.0%}, other threads "
+               f"{load['other_threads_cpu_share']:.0%}" if load["key_p50_ms"] is not None
+               else ""),
         Figure("rss_growth_mb_per_hour", round(soak["mb_per_virtual_hour"], 2), "MB/h",
                "<= 10",
                f"{soak['virtual_hours']:.1f} h of telemetry in {soak['wall_s']:.0f} s "

@@ -37,6 +37,7 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Eight levels, lowest first; a missing point is a space.
 SPARK_CHARS: Final = "▁▂▃▄▅▆▇█"
+_SPARK_ARRAY: Final = np.array(list(SPARK_CHARS))
 _PARTIAL: Final = " ▏▎▍▌▋▊▉"
 
 
@@ -98,17 +99,14 @@ def sparkline(values: Sequence[float] | FloatArray, lo: float | None = None,
     low = lo if lo is not None else min(0.0, float(finite.min()))
     high = hi if hi is not None else float(finite.max())
     span = high - low
-    chars = []
     top = len(SPARK_CHARS) - 1
-    for x in arr:
-        if not math.isfinite(x):
-            chars.append(" ")
-        elif span <= 0:
-            chars.append(SPARK_CHARS[0] if high <= 0 else SPARK_CHARS[top])
-        else:
-            level = round((float(x) - low) / span * top)
-            chars.append(SPARK_CHARS[min(max(level, 0), top)])
-    return "".join(chars)
+    if span <= 0:
+        levels = np.full(arr.size, 0 if high <= 0 else top)
+    else:
+        with np.errstate(invalid="ignore"):
+            levels = np.clip(np.rint((arr - low) / span * top), 0, top)
+    chars = np.where(np.isfinite(arr), _SPARK_ARRAY[np.nan_to_num(levels).astype(np.int64)], " ")
+    return "".join(chars.tolist())
 
 
 def occupancy_cells(

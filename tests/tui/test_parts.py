@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.geometry import Region
 from tiertop.monitor.state import StateModel
 from tiertop.monitor.vllm_events import BlockStored, KvEventBatch
 from tiertop.tui.format import (
@@ -29,6 +32,7 @@ from tiertop.tui.frame import EventFilter, time_label
 from tiertop.tui.ingest import Ingest
 from tiertop.tui.launcher import RuntimeExited, RuntimeProcess
 from tiertop.tui.options import load_keymap
+from tiertop.tui.widgets.text_lines import TextLines, split_lines
 
 from .fakes import FakeSource, Script
 
@@ -105,6 +109,56 @@ def test_keymap_files(tmp_path: Path) -> None:
         load_keymap(str(bad))
     with pytest.raises(ValueError, match="keymap"):
         load_keymap(str(tmp_path / "missing.toml"))
+
+
+def test_split_lines_cuts_text_into_styled_pieces() -> None:
+    text = Text("a ")
+    text.append("b", style="bold").append("\nc\n").append("d", style="red")
+    assert split_lines(text) == [(("a ", ""), ("b", "bold")), (("c", ""),), (("d", "red"),)]
+    assert split_lines(Text("")) == [()]
+    nested = Text("abc")
+    nested.stylize("bold", 0, 3)
+    nested.stylize("red", 1, 2)
+    assert split_lines(nested) is None  # overlapping styles: Rich resolves them
+
+
+class LinesApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield TextLines(id="lines")
+
+
+@pytest.mark.asyncio
+async def test_text_lines_render_and_repaint_only_what_changed() -> None:
+    app = LinesApp()
+    async with app.run_test(size=(20, 5)) as pilot:
+        lines = app.query_one(TextLines)
+        lines.set_text(Text("one\ntwo\nthree"))
+        await pilot.pause()
+        first, second = lines.render_line(0), lines.render_line(1)
+        assert first.text == "one".ljust(20) and second.text == "two".ljust(20)
+        repainted: list[tuple[Region, ...]] = []
+        refresh = lines.refresh
+
+        def spy(*regions: Region, **kwargs: bool) -> TextLines:
+            repainted.append(regions)
+            return refresh(*regions, **kwargs)
+
+        lines.refresh = spy  # type: ignore[method-assign]
+        lines.set_text(Text("one\nTWO\nthree"))
+        assert repainted == [(Region(0, 1, 20, 1),)]
+        await pilot.pause()
+        assert lines.render_line(0) is first  # the same strip: not rendered again
+        assert lines.render_line(1).text == "TWO".ljust(20)
+
+        styled = Text("x" * 30)
+        styled.stylize("bold", 0, 2)
+        lines.set_text(styled)
+        await pilot.pause()
+        strip = lines.render_line(0)
+        assert strip.text == "x" * 19 + "…"  # too long: cut with an ellipsis
+        head = next(iter(strip))
+        assert head.text == "xx" and head.style is not None and head.style.bold
+        assert str(lines.render()) == "x" * 30  # what tests and mouse selection read
 
 
 # ------------------------------------------------------------------------------------ ingest

@@ -35,6 +35,8 @@ async def test_zoom_pause_view_and_collection_going_on() -> None:
         for label in ("5m", "15m", "all", "1m"):
             await pilot.press("z")
             assert f"zoom {label}" in status(app)
+            # The panels were redrawn over the new window by the same key, not a frame later.
+            assert app.frame is not None and app.frame.status.zoom == label
         await pilot.press("Z")
         assert "zoom all" in status(app)
 
@@ -53,6 +55,29 @@ async def test_zoom_pause_view_and_collection_going_on() -> None:
         app.render_now()
         assert "VIEW PAUSED" not in status(app)
         assert "hi 0.60" in panel_text(app, "dram")
+
+
+async def test_render_timers_wait_while_a_key_is_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    session, _, _, _ = fake_session()
+    app = RecordingApp(session, refresh_s=1.0)
+    async with app.run_test(size=SIZE) as pilot:
+        answered: list[bool] = []
+        key_answered = app._key_answered
+        monkeypatch.setattr(app, "_key_answered",
+                            lambda: (answered.append(app.answering_key), key_answered())[-1])
+        await pilot.press("z")
+        await until(pilot, lambda: bool(answered))
+        assert answered == [True] and not app.answering_key  # set by the key, cleared after
+
+        ticks: list[str] = []
+        app.answering_key = True
+        app._on_timer(lambda: ticks.append("refresh"))
+        assert ticks == []  # not while the answer is on its way
+        await until(pilot, lambda: ticks == ["refresh"])  # right after it
+        app.answering_key = False
+        app._on_timer(lambda: ticks.append("refresh"))
+        assert ticks == ["refresh", "refresh"]
 
 
 async def test_event_filter_and_moves_toggle() -> None:

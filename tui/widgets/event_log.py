@@ -9,10 +9,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Input, Static
+from textual.widgets import Input
 
 from ..frame import EventFilter, EventLine, EventsFrame
 from ..palette import Palette
+from .text_lines import TextLines
 
 __all__ = ["KIND_LABELS", "EventLog", "events_text"]
 
@@ -78,7 +79,7 @@ class EventLog(Vertical):
         background: $boost;
     }
     EventLog > Input:focus { background: $primary-background; }
-    EventLog > #event-lines { height: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
+    EventLog > #event-lines { height: 1fr; }
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -95,11 +96,11 @@ class EventLog(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.filter = EventFilter()
-        self._last: tuple[object, ...] | None = None
-        self.border_title = "events"
+        self._title = "events"
+        self.border_title = self._title
         self._input = Input(placeholder="/ filter: fault · kind:control · tier:dram · any text",
                             id="event-filter")
-        self._lines = Static(id="event-lines")
+        self._lines = TextLines(id="event-lines")
 
     def compose(self) -> ComposeResult:
         yield self._input
@@ -115,12 +116,9 @@ class EventLog(Vertical):
         title = f"events · {frame.matching:,}"
         if frame.filter.active:
             title += f" of {frame.total:,} · {frame.filter.describe()}"
-        key = (body.plain, tuple(body.spans), title)
-        if key == self._last:
-            return
-        self._last = key
-        self.border_title = title
-        self._lines.update(body, layout=False)
+        if title != self._title:  # setting it repaints the whole log
+            self._title = self.border_title = title
+        self._lines.set_text(body)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()

@@ -9,10 +9,10 @@ requests as fit; pause the view (``p``) to read it at leisure.
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from ..frame import RequestLine
 from ..palette import Palette
+from .text_lines import TextLines
 
 __all__ = ["COLUMNS", "ROWS", "RequestsTable"]
 
@@ -37,7 +37,7 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-class RequestsTable(Static):
+class RequestsTable(TextLines):
     """The newest requests that fit, newest first; ``row_of(request_id)`` finds one."""
 
     DEFAULT_CSS = """
@@ -46,8 +46,6 @@ class RequestsTable(Static):
         border: round $panel-lighten-2;
         border-title-style: bold;
         padding: 0 1;
-        text-wrap: nowrap;
-        text-overflow: ellipsis;
     }
     """
 
@@ -55,8 +53,7 @@ class RequestsTable(Static):
         super().__init__(id=id)
         self.lines: list[RequestLine] = []
         self.palette = Palette()
-        self.border_title = "requests"
-        self._last: tuple[object, ...] | None = None
+        self.set_titles("requests")
         self._cells: dict[str, tuple[str, ...]] = {}
         #: Rows whose request was already shown and whose cells changed (updated in place).
         self.updates_in_place = 0
@@ -106,14 +103,8 @@ class RequestsTable(Static):
             out.append(_fit(status, COLUMNS[-1][2]), style=f"bold {p.bad}" if failed else p.ok)
         if not rows:
             out.append("\nno requests yet", style=p.muted)
-        title = f"requests · newest {len(rows)} of {len(self.lines)}"
-        key = (out.plain, tuple(out.spans), title)
-        if key == self._last:
-            return
-        self._last = key
-        self.border_title = title
-        self.update(out, layout=False)
+        self.set_titles(f"requests · newest {len(rows)} of {len(self.lines)}")
+        self.set_text(out)
 
     def on_resize(self) -> None:
-        self._last = None
         self._render_now()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from ..format import fmt_bytes, fmt_duration, fmt_pct, fmt_rate, resample, sparkline
 from ..frame import Series, ServiceFrame
 from ..palette import Palette
+from .text_lines import TextLines
 
 __all__ = ["SHARE_CHARS", "ServicePanel", "service_text"]
 
@@ -80,7 +80,7 @@ def service_text(f: ServiceFrame, tiers: list[str], width: int, p: Palette) -> T
     return out
 
 
-class ServicePanel(Static):
+class ServicePanel(TextLines):
     """The service panel."""
 
     DEFAULT_CSS = """
@@ -89,16 +89,13 @@ class ServicePanel(Static):
         border: round $panel-lighten-2;
         border-title-style: bold;
         padding: 0 1;
-        text-wrap: nowrap;
-        text-overflow: ellipsis;
     }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._last: tuple[object, ...] | None = None
         self._args: tuple[ServiceFrame, list[str], Palette] | None = None
-        self.border_title = "service"
+        self.set_titles("service")
 
     def show(self, frame: ServiceFrame, tiers: list[str], palette: Palette) -> None:
         self._args = (frame, tiers, palette)
@@ -114,14 +111,8 @@ class ServicePanel(Static):
             title += f" · {frame.mode}"
         if frame.model_name:
             title += f" · {frame.model_name}"
-        key = (body.plain, tuple(body.spans), title)
-        if key == self._last:
-            return
-        self._last = key
-        self.border_title = title
-        self.border_subtitle = "TTFT/TPOT p50/p99 · history: p99"
-        self.update(body, layout=False)
+        self.set_titles(title, "TTFT/TPOT p50/p99 · history: p99")
+        self.set_text(body)
 
     def on_resize(self) -> None:
-        self._last = None
         self._render_now()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.message import Message
-from textual.widgets import Static
 
 from ..format import (
     fmt_bytes,
@@ -17,6 +16,7 @@ from ..format import (
 )
 from ..frame import TierFrame
 from ..palette import SEVERITY_SYMBOLS, Palette
+from .text_lines import TextLines
 
 __all__ = ["TierPanel", "health_label", "tier_text"]
 
@@ -124,7 +124,7 @@ def tier_text(t: TierFrame, width: int, p: Palette) -> Text:
     return out
 
 
-class TierPanel(Static):
+class TierPanel(TextLines):
     """A tier's panel. Click it (or press its number) to make it the tier controls act on."""
 
     DEFAULT_CSS = """
@@ -135,8 +135,6 @@ class TierPanel(Static):
         border-title-style: bold;
         border-subtitle-color: $text;
         padding: 0 1;
-        text-wrap: nowrap;
-        text-overflow: ellipsis;
     }
     TierPanel.-selected { border: heavy $accent; }
     TierPanel.-degraded { border-subtitle-color: $text-warning; }
@@ -156,7 +154,6 @@ class TierPanel(Static):
         self.tier_name = name
         self.frame: TierFrame | None = None
         self._palette = Palette()
-        self._last: tuple[object, ...] | None = None
         self.selected = False
 
     def show(self, frame: TierFrame, palette: Palette, selected: bool) -> None:
@@ -175,20 +172,13 @@ class TierPanel(Static):
         body = tier_text(t, width, self._palette)
         marker = "▶ " if self.selected else ""
         title = f"{marker}{t.index + 1} {t.name} · {t.kind or '?'}"
-        subtitle = health_label(t)
-        key = (body.plain, tuple(body.spans), title, subtitle, self.selected, t.health)
-        if key == self._last:
-            return
-        self._last = key
-        self.border_title = title
-        self.border_subtitle = subtitle
+        self.set_titles(title, health_label(t))
         self.set_class(self.selected, "-selected")
         self.set_class(t.health == "degraded" or bool(t.faults), "-degraded")
         self.set_class(t.health == "down", "-down")
-        self.update(body, layout=False)
+        self.set_text(body)
 
     def on_resize(self) -> None:
-        self._last = None
         self._render_now()
 
     def on_click(self) -> None:
