@@ -5,7 +5,8 @@ remote memory-server tier and an 8 MiB disk tier, so evictions, demotions and pr
 within seconds; ``--sim`` runs the cluster simulator's ``rack`` preset instead. The dashboard
 opens at once and connects when the runtime is up (loading the model takes a few seconds).
 Quitting the dashboard stops the runtime and everything it started and removes its temporary
-files.
+files. ``--record FILE`` records what the dashboard shows (replay it with ``tiertop dash
+--replay FILE``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import sys
 
 from .options import add_view_arguments, load_keymap
+from .replay_record import add_record_argument, start_session_recording
 
 DEMO_TIERS = ("dram:1MiB", "remote:2MiB", "disk:8MiB")
 
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + " ".join(DEMO_TIERS) + ")")
     parser.add_argument("--keep-log", action="store_true",
                         help="keep the runtime's log and print where it is")
+    add_record_argument(parser)
     add_view_arguments(parser)
 
 
@@ -69,9 +72,12 @@ def run(args: argparse.Namespace) -> int:
         err(str(exc))
         return 2
 
+    session = Session(read_only=args.read_only)
+    if not start_session_recording(session, args.record, "tiertop demo", err):
+        return 2
     runtime = RuntimeProcess(runtime_args(args), keep_dir=args.keep_log)
     what = "simulator" if args.sim else "runtime"
-    session = Session(read_only=args.read_only, target=f"{what} pid {runtime.pid}")
+    session.target = f"{what} pid {runtime.pid}"
     session.note = f"starting the {what} (pid {runtime.pid}); loading takes a few seconds…"
 
     def attach(s: Session) -> None:
@@ -95,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         code = runtime.stop()
         if args.keep_log:
             print(f"runtime log: {runtime.log_path}", flush=True)
+        if session.recorder is not None:
+            print(session.recorder.summary_line(), flush=True)
     if code not in (0, None, -signal.SIGTERM):
         err(f"the {what} exited with status {code}")
     return app.return_code or 0

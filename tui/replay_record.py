@@ -1,0 +1,46 @@
+"""``--record FILE`` on ``tiertop dash`` and ``tiertop demo``: record what the dashboard folds.
+
+The dashboard's own subscriber hands every message it delivers to a
+:class:`~tiertop.monitor.recorder.Recorder` (see :meth:`~tiertop.tui.session.Session.record_to`),
+so the file holds exactly what the dashboard folded, decoded once, with no second socket; the
+recorder's thread compresses and writes. The file is finished when the dashboard quits, and
+readable up to its last complete chunk if the process is killed.
+
+Imports nothing heavy until a recording starts: ``tiertop --help`` loads this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["add_record_argument", "start_session_recording"]
+
+
+def add_record_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--record", default=None, metavar="FILE",
+                        help="record the telemetry the dashboard shows to FILE (replaces an "
+                             "earlier recording; see `tiertop dash --replay` and `tiertop "
+                             "replay`)")
+
+
+def start_session_recording(session: Session, path: str | None, who: str,
+                            err: Callable[[str], None]) -> bool:
+    """Start recording ``session`` to ``path`` (nothing when None); False, said through
+    ``err``, when the file cannot be made."""
+    if path is None:
+        return True
+    from tiertop.monitor.recorder import start_recorder
+    from tiertop.monitor.recording import RecordingError
+
+    try:
+        recorder = start_recorder(path, meta={"recorded_by": who})
+    except (RecordingError, OSError) as exc:
+        err(f"--record: {exc}")
+        return False
+    session.record_to(recorder)
+    return True
