@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -48,6 +49,8 @@ from .frame import (
     data_versions,
 )
 from .palette import Palette
+from .replay_seek import SeekScreen
+from .replay_session import ReplaySession
 from .screens.confirm import ConfirmScreen
 from .screens.forms import (
     FormScreen,
@@ -106,6 +109,9 @@ ACTIONS: Final[tuple[UiAction, ...]] = (
        "hide or show block moves (promote/demote/drop) in the event log", show=False),
     _b("g", "cluster", "Cluster", "cluster-view", "View",
        "cluster heatmap (simulator): racks × GPUs, drill into a rack"),
+    _b("M", "mrc", "MRC", "mrc", "View",
+       "miss-ratio curve: hit ratio against cache size, each tier's capacity marked, what-ifs "
+       "(M or Esc goes back)"),
     _b("t", "change_theme", "Theme", "theme", "View", "pick a colour theme", show=False),
     _b("r", "resync", "Resync", "resync", "View",
        "ask the runtime for a fresh snapshot of its state", show=False),
@@ -129,6 +135,26 @@ ACTIONS: Final[tuple[UiAction, ...]] = (
        "pause or resume the workload (telemetry keeps flowing)"),
     _b("s", "sim_speed", "Speed", "set-sim-speed", "Runtime", "simulator clock speed",
        show=False),
+    # Only while replaying a recording (tiertop dash --replay FILE).
+    _b("space", "replay_toggle", "Play/pause", "replay-play-pause", "Replay",
+       "play or pause the recording (at the end: play it from the start)", key_display="space"),
+    _b("full_stop", "replay_step", "Step", "replay-step", "Replay",
+       "pause and step one tick: every message up to the next tier statistics",
+       key_display="."),
+    _b("less_than_sign", "replay_speed(-1)", "Slow", "replay-slower", "Replay",
+       "half the speed (down to ×0.25)", key_display="<"),
+    _b("greater_than_sign", "replay_speed(1)", "Fast", "replay-faster", "Replay",
+       "twice the speed (up to ×64)", key_display=">"),
+    _b("left", "replay_seek_by(-10)", "-10s", "replay-back", "Replay", "seek 10 s back",
+       key_display="←"),
+    _b("right", "replay_seek_by(10)", "+10s", "replay-forward", "Replay",
+       "seek 10 s forward", key_display="→"),
+    _b("j", "replay_seek_to", "Seek", "replay-seek-to", "Replay",
+       "seek to a time you type (90, 1:30, +30, -5)"),
+    _b("n", "replay_change(1)", "Next change", "replay-next-change", "Replay",
+       "seek just past the next control change"),
+    _b("N", "replay_change(-1)", "Previous change", "replay-previous-change", "Replay",
+       "seek just past the previous control change", show=False),
 )
 
 #: GIL switch interval while the dashboard runs (Python's default is 5 ms).
@@ -218,12 +244,14 @@ class DashboardApp(App[int]):
         self.changes = ChangeLog()
         #: Fast refreshes done (each reads the model once).
         self.refreshes = 0
+        #: A key press is being answered: the render timers wait until its frame is drawn.
+        self.answering_key = False
 
     # --------------------------------------------------------------------------- layout
 
     def compose(self) -> ComposeResult:
         # Kept as attributes: queries on the app look at the top screen, which may be a form.
-        self.status_line = StatusLine(id="status")
+        self.status_line = StatusLine(id="status", tape=self.session.tape)
         self.tiers_box = VerticalScroll(id="tiers")
         self.requests_table = RequestsTable(id="requests")
         self.service_panel = ServicePanel(id="service")
@@ -247,8 +275,12 @@ class DashboardApp(App[int]):
             self.update_keymap(self._initial_keymap)
         self.theme_changed_signal.subscribe(self, lambda _theme: self._theme_changed())
         self._theme_changed()
-        self.set_interval(self.refresh_s, self.refresh_fast, name="fast-refresh")
-        self.set_interval(self.slow_refresh_s, self.refresh_slow, name="slow-refresh")
+        for warning in self.session.warnings:
+            self.notify(warning, title="warning", severity="warning", timeout=30)
+        self.set_interval(self.refresh_s, lambda: self._on_timer(self.refresh_fast),
+                          name="fast-refresh")
+        self.set_interval(self.slow_refresh_s, lambda: self._on_timer(self.refresh_slow),
+                          name="slow-refresh")
         if self.session.ingest is None and self.session.attach is not None:
             self.run_worker(self._connect_in_thread, thread=True, name="connect",
                             exit_on_error=False)
@@ -282,6 +314,23 @@ class DashboardApp(App[int]):
         self.palette = Palette.from_variables(self.get_css_variables())
         self.render_now()
 
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            self.answering_key = True
+            self.call_after_refresh(self._key_answered)
+        await super().on_event(event)
+
+    def _key_answered(self) -> None:
+        self.answering_key = False
+
+    def _on_timer(self, refresh: Callable[[], None]) -> None:
+        """A render timer's tick: while a key is being answered, right after its frame (the
+        timer's work would delay the answer; the answer itself redraws what it changed)."""
+        if self.answering_key:
+            self.call_after_refresh(refresh)
+        else:
+            refresh()
+
     # ---------------------------------------------------------------------------- render
 
     def render_now(self) -> None:
@@ -294,7 +343,7 @@ class DashboardApp(App[int]):
         """Status line, tier panels and service panel, from one read of the model."""
         now = self.clock()
         status_line = self.status_line
-        if self.screen.id == "cluster":  # the dashboard is hidden: do not draw it
+        if self.screen.id in ("cluster", "mrc"):  # the dashboard is hidden: do not draw it
             return
         if self.frozen:
             status_line.show(build_status(self.session, now, ZOOMS[self.zoom][0], True),
@@ -364,9 +413,16 @@ class DashboardApp(App[int]):
         return tiers[min(self.selected, len(tiers) - 1)] if tiers else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        replaying = isinstance(self.session, ReplaySession)
+        if action.startswith("replay_"):
+            return replaying
+        if action == "resync" and replaying:
+            return None
         if action in CONTROL_ACTIONS:
             if self.session.controls_disabled():
-                return None
+                # A replay never has them: the footer's room goes to the replay keys (the
+                # status line, help and palette say why they are off).
+                return False if replaying else None
             if action in _TIER_ACTIONS and not self.tiers:
                 return None
             if action == "sim_speed" and self.session.model.mode != MODE_SIM:
@@ -428,7 +484,10 @@ class DashboardApp(App[int]):
             action = b.action.split("(")[0]
             note = ""
             if self.check_action(action, ()) is not True:
-                note = self.session.controls_disabled() if action in CONTROL_ACTIONS else ""
+                talks = action in CONTROL_ACTIONS or action == "resync"
+                note = self.session.controls_disabled() if talks else ""
+                if action.startswith("replay_"):
+                    note = "replay only: tiertop dash --replay FILE"
                 note = note or ("simulator only" if action in ("sim_speed", "cluster")
                                 else "no tiers yet")
             rows.append(HelpRow(keys, a.help, b.id, a.group, note))
@@ -472,13 +531,8 @@ class DashboardApp(App[int]):
 
     def action_zoom(self, step: int) -> None:
         self.zoom = (self.zoom + step) % len(ZOOMS)
-        # Answer the key in the next frame (the status line names the new window), then redraw
-        # the history at the new zoom right after it: the sparklines of every panel change, a
-        # heavier frame that should not delay the acknowledgement.
-        self.status_line.show(
-            build_status(self.session, self.clock(), ZOOMS[self.zoom][0], self.frozen),
-            self.palette, self.last_reply)
-        self.call_after_refresh(self._redraw_zoomed)
+        # The new window's name and every history redrawn over it go out in the same frame.
+        self._redraw_zoomed()
 
     def _redraw_zoomed(self) -> None:
         frozen, self.frozen = self.frozen, False
@@ -515,6 +569,14 @@ class DashboardApp(App[int]):
         from .screens.cluster import ClusterScreen
 
         self.push_screen(ClusterScreen(self.session, self._send_later, self.palette))
+
+    def action_mrc(self) -> None:
+        from .screens.mrc import MrcScreen
+
+        if isinstance(self.screen, MrcScreen):
+            self.pop_screen()
+            return
+        self.push_screen(MrcScreen(self.session, self.palette, frozen=lambda: self.frozen))
 
     def action_resync(self) -> None:
         self._send_later([Snapshot()])
@@ -569,6 +631,47 @@ class DashboardApp(App[int]):
 
     def action_clear_all(self) -> None:
         self._confirm_then_send("Drop every block in every tier?", [ClearAll()], "Clear all")
+
+    # ------------------------------------------------------------------- replay controls
+
+    def _replay(self, act: Callable[[ReplaySession], str]) -> None:
+        """Run a replay control and show where it landed at once (a seek back also drops
+        the pinned changes, which may lie in the future now)."""
+        session = self.session
+        if not isinstance(session, ReplaySession):
+            return
+        note = act(session)
+        self.changes = ChangeLog()
+        self.render_now()
+        if note:
+            self.notify(note, timeout=4)
+
+    def action_replay_toggle(self) -> None:
+        self._replay(ReplaySession.toggle)
+
+    def action_replay_step(self) -> None:
+        self._replay(ReplaySession.step)
+
+    def action_replay_speed(self, direction: int) -> None:
+        self._replay(lambda s: s.change_speed(direction))
+
+    def action_replay_seek_by(self, seconds: float) -> None:
+        self._replay(lambda s: s.seek_by(seconds))
+
+    def action_replay_change(self, direction: int) -> None:
+        self._replay(lambda s: s.seek_change(direction))
+
+    def action_replay_seek_to(self) -> None:
+        session = self.session
+        if not isinstance(session, ReplaySession):
+            return
+        tape = session.tape()
+
+        def chosen(position_s: float | None) -> None:
+            if position_s is not None:
+                self._replay(lambda s: s.seek_to(position_s))
+
+        self.push_screen(SeekScreen(tape.position_s, tape.duration_s), chosen)
 
     def action_clear_faults(self) -> None:
         active = [f"{t.name}: {','.join(t.faults)}" for t in self.tiers if t.faults]

@@ -19,12 +19,15 @@ from typing import Any
 import zmq
 from tiertop.monitor.control_client import ControlClient
 from tiertop.monitor.protocol import CAP_READ_ONLY, TOPIC_HELLO, Hello
+from tiertop.monitor.recorder import Recorder, RecordingSubscriber
 from tiertop.monitor.security import ClientCurve
 from tiertop.monitor.state import StateModel
 from tiertop.monitor.subscriber import TelemetrySubscriber
 
 from .control import Controller
 from .ingest import Ingest, Source
+from .mrc_feed import MrcFeed
+from .replay_status import RecordStatus, Tape
 
 __all__ = ["Endpoints", "Session", "connect_live", "probe_hello"]
 
@@ -72,19 +75,33 @@ class Session:
         self.controller.read_only = self.controller.read_only or read_only
         self.attach = attach
         self.ingest: Ingest | None = None
+        #: The live miss-ratio curve, folded by the ingest from the same stream as the model.
+        self.mrc = MrcFeed(self.lock, clock=clock)
         #: A line about what is happening while not attached ("starting runtime…").
         self.note = ""
         #: Why the session cannot go on ("" when fine), e.g. the runtime exited.
         self.error = ""
+        #: Shown as warnings when the dashboard opens (e.g. what is damaged in a recording).
+        self.warnings: list[str] = []
+        #: Writes what this session folds (``--record``; see :meth:`record_to`).
+        self.recorder: Recorder | None = None
         self._closers: list[Callable[[], None]] = []
         self.closed = False
 
     # ------------------------------------------------------------------------------ wiring
 
     def attach_source(self, source: Source) -> Ingest:
-        """Feed the model from ``source`` (the caller starts the ingest thread or steps it)."""
-        self.ingest = Ingest(self.model, self.lock, source, clock=self.clock)
+        """Feed the model (and the miss-ratio curve) from ``source`` (the caller starts the
+        ingest thread or steps it)."""
+        self.ingest = Ingest(self.model, self.lock, self.mrc.tap(source), clock=self.clock)
         return self.ingest
+
+    def record_to(self, recorder: Recorder) -> None:
+        """Record the stream this session folds (``--record``): :func:`connect_live` makes
+        its subscriber hand the recorder every message it delivers; the file is finished when
+        the session closes, after the ingest stopped."""
+        self.recorder = recorder
+        self.on_close(recorder.close)
 
     def on_close(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` when the session closes (after the ingest stopped), last added first; at
@@ -113,6 +130,14 @@ class Session:
         if hello is None:
             return None
         return hello.addresses.get("control") or None
+
+    def tape(self) -> Tape | None:
+        """What the status line says about a recording (None: this session writes none)."""
+        recorder = self.recorder
+        if recorder is None:
+            return None
+        counters = recorder.counters()
+        return RecordStatus(recorder.path, counters.file_bytes, counters.error)
 
     def controls_disabled(self) -> str:
         """Why controls are off ("" when they are on)."""
@@ -178,7 +203,11 @@ def connect_live(
                 replay = _fix_host(hello.addresses["replay"], endpoints.telemetry)
             if control is None and hello.addresses.get("control"):
                 control = _fix_host(hello.addresses["control"], endpoints.telemetry)
-    subscriber = TelemetrySubscriber(endpoints.telemetry, replay, context=context)
+    recorder = session.recorder
+    subscriber = (
+        TelemetrySubscriber(endpoints.telemetry, replay, context=context) if recorder is None
+        else RecordingSubscriber(endpoints.telemetry, replay, context=context, recorder=recorder)
+    )
     session.on_close(subscriber.close)  # before context.term (closers run last added first)
     if control is not None:
         session.controller.address = control
