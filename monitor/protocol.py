@@ -207,6 +207,9 @@ class TierSample(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
         eviction_policy: Name of the eviction policy.
         health: ``"ok"``, ``"degraded"`` or ``"down"``.
         health_reason: Why it is not ok ("" when ok).
+        description: What the tier says it is at this tick (``describe()``: block count,
+            fragmentation, a memory server's pid...); "" when the sender does not say, and the
+            Hello's description stands.
         faults: Injected faults active now (``"down"``, ``"slow"``, ``"corrupt"``, ``"full"``).
         hits: Gets that found the block (count).
         misses: Gets that did not (count).
@@ -237,6 +240,7 @@ class TierSample(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     eviction_policy: str = ""
     health: str = "ok"
     health_reason: str = ""
+    description: str = ""
     faults: list[str] = msgspec.field(default_factory=list)
     hits: int = 0
     misses: int = 0

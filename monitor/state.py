@@ -1217,7 +1217,8 @@ class StateModel:
         return {
             "name": name,
             "kind": tier.kind,
-            "description": info.description if info is not None else "",
+            "description": (s.description if s is not None and s.description
+                            else info.description if info is not None else ""),
             "emulated": info.emulated if info is not None else False,
             "fallback_reason": info.fallback_reason if info is not None else "",
             "disabled": info.disabled if info is not None else False,

@@ -138,6 +138,7 @@ class StatsBuilder:
         )
         if store is not None:
             sample.health_reason = store.health_reason
+            sample.description = tier.describe()
             sample.faults = [str(f.kind) for f in store.faults()]
             sample.corrupt = store.stats.corrupt
             previous = self._last_latency.setdefault(tier.name, {})

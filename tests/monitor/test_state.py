@@ -655,3 +655,18 @@ def test_monitor_modules_never_import_textual() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_a_tick_s_description_replaces_the_hello_s() -> None:
+    """The Hello is sent once; what a store says of itself (block count, fragmentation, a
+    restarted memory server's pid) moves with the ticks; a tick that says nothing (an older
+    runtime) leaves the Hello's."""
+    model = StateModel()
+    info = hello()
+    info.tiers[0].description = "dram: 1 MiB arena, 0 blocks"
+    model.fold(info)
+    assert model.tier_view("dram")["description"] == "dram: 1 MiB arena, 0 blocks"
+    model.fold(tick(1, samples=[sample("dram", 1, description="dram: 1 MiB arena, 55 blocks")]))
+    assert model.tier_view("dram")["description"] == "dram: 1 MiB arena, 55 blocks"
+    model.fold(tick(2, samples=[sample("dram", 2)]))  # an older runtime: no description
+    assert model.tier_view("dram")["description"] == "dram: 1 MiB arena, 0 blocks"
