@@ -8,6 +8,10 @@ before any insert, victims are moved until the new block fits. A hit may promote
 With ``store=None`` a tier is accounting-only: the hierarchy tracks identities and sizes and runs
 exactly the same policy code, which is what the cluster simulator and trace replay use.
 
+Which tier holds a block is known from the tiers' eviction policies alone (``key in
+policy.resident_keys``, asked fastest tier first): a table of locations of its own cost every
+resident block a second dict entry, a third of the metadata a long-running hierarchy held.
+
 Not thread-safe: the runtime applies every operation and every live change on one thread.
 """
 
@@ -92,7 +96,7 @@ class Tier:
         self.name = config.name
         self.store = config.store
         self.kind = config.kind or (config.store.kind if config.store is not None else "accounting")
-        self.policy = policy
+        self.policy = policy  # replaced through the Hierarchy, which notes its resident_keys
         self.eviction_options = dict(config.eviction_options)
         self.capacity = int(config.capacity_bytes)
         self.high = config.high
@@ -100,7 +104,10 @@ class Tier:
         self.used = 0
         self.blocks = 0
         self.counters = TierCounters()
-        self.pending_deletes: set[BlockHash] = set()  # store deletes that failed (tier down)
+        # copies the hierarchy let go of but the medium still holds (its delete failed, the tier
+        # was down); deleted before anything else is put here, so the medium has the room that
+        # ``used`` says it has
+        self.pending_deletes: set[BlockHash] = set()
 
     def has_room_for(self, nbytes: int) -> bool:
         return self.used + nbytes <= self.high * self.capacity
@@ -163,7 +170,7 @@ class Hierarchy:
                 tier.store.health_listener = self._on_store_health
             self.tiers.append(tier)
         self._by_name = {t.name: t for t in self.tiers}
-        self._loc: dict[BlockHash, Tier] = {}
+        self._track_policies()
         self._odd_size: dict[BlockHash, int] = {}  # sizes that differ from block_bytes
         self._successor: dict[BlockHash, BlockHash] = {}  # parent -> child, for prefetch
         self.lookups = 0
@@ -195,14 +202,18 @@ class Hierarchy:
 
     def locate(self, key: BlockHash) -> int | None:
         """Index of the tier holding ``key`` (no side effects), or None."""
-        tier = self._loc.get(key)
-        return None if tier is None else tier.index
+        if key in self._top_keys:
+            return 0
+        for index, resident_keys in enumerate(self._lower_keys, 1):
+            if key in resident_keys:
+                return index
+        return None
 
     def __contains__(self, key: object) -> bool:
-        return key in self._loc
+        return isinstance(key, int) and self.locate(key) is not None
 
     def __len__(self) -> int:
-        return len(self._loc)
+        return sum(tier.blocks for tier in self.tiers)
 
     def size_of(self, key: BlockHash) -> int:
         return self._odd_size.get(key, self.block_bytes or 0)
@@ -239,9 +250,9 @@ class Hierarchy:
             raise ValueError("run_trace() needs nbytes when the hierarchy has no block_bytes")
         top = self.tiers[0]
         policy = top.policy
-        touch, insert, victim = policy.touch, policy.insert, policy.victim
-        loc = self._loc
-        where = loc.get
+        resident_keys, touch, insert, victim = (policy.resident_keys, policy.touch,
+                                                policy.insert, policy.victim)
+        locate, below = self.locate, bool(self._lower_keys)
         slow = self._access
         put_new = self._put_new
         oracle = self.oracle
@@ -266,34 +277,33 @@ class Hierarchy:
                     raise oracle.mismatch(key, position)
                 next_use[key] = next_positions[position]
                 position += 1
-            tier = where(key)
-            if tier is top:
+            if key in resident_keys:
                 touch(key)
                 top_hits += 1
                 continue
-            if tier is None:
-                misses += 1
-                if inline:
-                    while used + size > capacity:  # make room: victims leave the hierarchy
-                        del loc[victim(key)]
-                        used -= size
-                        blocks -= 1
-                        evicted += 1
-                    loc[key] = top
-                    used += size
-                    blocks += 1
-                    insert(key)
-                    placed += 1
-                    if used <= high:
-                        continue
-            top.used, top.blocks = used, blocks
-            if tier is None:
-                if inline:
-                    self._enforce_high(top)
-                else:
-                    put_new(key, size, 0, None, None)
-            else:
+            if below and locate(key) is not None:  # a lower tier's hit: access() serves it
+                top.used, top.blocks = used, blocks
                 slow(key, size, 0, None)
+                used, blocks = top.used, top.blocks
+                continue
+            misses += 1
+            if inline:
+                while used + size > capacity:  # make room: victims leave the hierarchy
+                    victim(key)
+                    used -= size
+                    blocks -= 1
+                    evicted += 1
+                used += size
+                blocks += 1
+                insert(key)
+                placed += 1
+                if used <= high:
+                    continue
+            top.used, top.blocks = used, blocks
+            if inline:
+                self._enforce_high(top)
+            else:
+                put_new(key, size, 0, None, None)
             used, blocks = top.used, top.blocks
         top.used, top.blocks = used, blocks
         if oracle is not None:
@@ -316,13 +326,13 @@ class Hierarchy:
         self, key: BlockHash, nbytes: int | None, position: int, parent: BlockHash | None
     ) -> int:
         self.lookups += 1
-        tier = self._loc.get(key)
-        if tier is not None:
+        index = 0 if key in self._top_keys else self.locate(key)  # the top tier without a call
+        if index is not None:
+            tier = self.tiers[index]
             self.hits += 1
             tier.counters.hits += 1
             if self.sink is not None:
                 self._emit(_HIT, key, tier, nbytes=self.size_of(key))
-            index = tier.index
             if index and self.promotion.on_hit:
                 self._promote(tier, key, None)
             else:
@@ -346,7 +356,7 @@ class Hierarchy:
         A corrupt block, a block the medium lost, or a tier that is down all end as a miss:
         the caller recomputes; wrong bytes are never returned."""
         self.lookups += 1
-        tier = self._loc.get(key)
+        tier = self._where(key)
         if tier is None:
             self._miss(key)
             return None
@@ -387,19 +397,27 @@ class Hierarchy:
 
     def put(self, block: Block, position: int = 0, parent: BlockHash | None = None) -> int | None:
         """Store a new block; returns the index of the tier it landed in, or None when no tier
-        could take it. A block already resident and reachable is left where it is."""
+        could take it. A block already resident and reachable is left where it is; one resident
+        in a tier that is down is dropped there (the copy stays on that medium until it can be
+        deleted, see ``Tier.pending_deletes``) and put again as a new block."""
         key = block.key
-        tier = self._loc.get(key)
+        tier = self._where(key)
         if tier is not None:
             if tier.is_usable():
                 return tier.index
-            self._lose(tier, key, "unreachable (tier down); replaced by a fresh copy")
-        return self._put_new(key, block.header.nbytes, position, parent, block)
+            self._lose(tier, key, "unreachable (tier down); put again")
+        landed = self._put_new(key, block.header.nbytes, position, parent, block)
+        if landed is None:
+            return None
+        if key in landed.policy.resident_keys:
+            return landed.index
+        where = self._where(key)  # a high-watermark pass moved it on
+        return None if where is None else where.index
 
     # ------------------------------------------------------------------ removal
 
     def delete(self, key: BlockHash) -> bool:
-        tier = self._loc.get(key)
+        tier = self._where(key)
         if tier is None:
             return False
         self._remove(tier, key)
@@ -415,12 +433,12 @@ class Hierarchy:
         for tier in targets:
             keys = list(tier.policy)
             for key in keys:
-                del self._loc[key]
                 self._odd_size.pop(key, None)
             removed += len(keys)
             tier.policy = tier.policy.from_resident(
                 [], self._blocks_of(tier.capacity), **tier.eviction_options
             )
+            self._track_policies()
             tier.counters.deletes += len(keys)
             tier.used = 0
             tier.blocks = 0
@@ -496,6 +514,7 @@ class Hierarchy:
             fresh.insert(key)
         old = tier.policy.name
         tier.policy = fresh
+        self._track_policies()
         tier.eviction_options = options
         self._emit(EventKind.CONFIG, None, tier, detail=f"eviction {old} -> {policy}")
         return old
@@ -529,10 +548,10 @@ class Hierarchy:
             return 0
         adopted = 0
         for key in tier.store.keys():  # noqa: SIM118  (a store is not a dict)
-            if key in self._loc:
+            if self._where(key) is not None:
                 continue
-            nbytes = tier.store.size_of(key)
-            self._attach(tier, key, nbytes)
+            tier.pending_deletes.discard(key)  # a stranded copy is a good copy: keep it
+            self._attach(tier, key, tier.store.size_of(key))
             adopted += 1
         self._enforce_high(tier)
         return adopted
@@ -541,6 +560,17 @@ class Hierarchy:
 
     def _blocks_of(self, capacity_bytes: int) -> int:
         return capacity_bytes // self.block_bytes if self.block_bytes else 0
+
+    def _track_policies(self) -> None:
+        """Note each tier's ``policy.resident_keys``: every lookup asks them, tier by tier.
+        Called whenever a tier's policy object is replaced."""
+        tables = [tier.policy.resident_keys for tier in self.tiers]
+        self._top_keys = tables[0]
+        self._lower_keys = tuple(tables[1:])  # flat and small: the simulator has 10k of these
+
+    def _where(self, key: BlockHash) -> Tier | None:
+        index = self.locate(key)
+        return None if index is None else self.tiers[index]
 
     def _miss(self, key: BlockHash) -> None:
         self.misses += 1
@@ -554,7 +584,9 @@ class Hierarchy:
         position: int,
         parent: BlockHash | None,
         block: Block | None,
-    ) -> int | None:
+    ) -> Tier | None:
+        """Place a block no tier holds; returns the tier it entered (a high-watermark pass may
+        since have moved it on), or None when no tier could take it."""
         if self.block_bytes is None:
             self.block_bytes = nbytes
             for tier in self.tiers:
@@ -569,8 +601,7 @@ class Hierarchy:
             self.rejected += 1
             return None
         self.puts += 1
-        where = self._loc.get(key)  # a high-watermark pass may already have moved it on
-        return None if where is None else where.index
+        return landed
 
     def _insert(
         self, index: int | None, key: BlockHash, nbytes: int, block: Block | None,
@@ -588,9 +619,9 @@ class Hierarchy:
             if nbytes > tier.capacity or (store is not None and store.health is _DOWN):
                 index = demote_to[index]
                 continue
+            if tier.pending_deletes:  # stranded copies hold room the medium needs first
+                self._retry_deletes(tier)
             if tier.used + nbytes > tier.capacity:
-                if tier.pending_deletes:
-                    self._retry_deletes(tier)
                 evict = self._evict_one
                 while tier.used + nbytes > tier.capacity and evict(tier, key):
                     pass
@@ -611,7 +642,6 @@ class Hierarchy:
                     self._emit_error(tier, key, f"put failed: {exc}")
                     index = demote_to[index]
                     continue
-            self._loc[key] = tier
             if nbytes != self.block_bytes:
                 self._odd_size[key] = nbytes
             tier.used += nbytes
@@ -637,15 +667,14 @@ class Hierarchy:
         return None
 
     def _attach(self, tier: Tier, key: BlockHash, nbytes: int) -> None:
-        self._loc[key] = tier
         if nbytes != self.block_bytes:
             self._odd_size[key] = nbytes
         tier.used += nbytes
         tier.blocks += 1
+        tier.policy.insert(key)
 
     def _detach(self, tier: Tier, key: BlockHash) -> int:
         """Forget ``key`` in ``tier``'s bookkeeping and medium (not its policy)."""
-        del self._loc[key]
         nbytes = self._odd_size.pop(key, None)
         if nbytes is None:
             nbytes = self.block_bytes or 0
@@ -687,7 +716,6 @@ class Hierarchy:
             if block is None:
                 destination = None
         if tier.store is None:  # accounting only: the detach, inline (the replay hot path)
-            del self._loc[key]
             nbytes = self._odd_size.pop(key, None) or self.block_bytes or 0
             tier.used -= nbytes
             tier.blocks -= 1
@@ -731,25 +759,24 @@ class Hierarchy:
             next_key = successor(key)
             if next_key is None:
                 return
-            tier = self._loc.get(next_key)
+            tier = self._where(next_key)
             if tier is not None and tier.index:
                 self._promote(tier, next_key, None)
             key = next_key
 
     def _lose(self, tier: Tier, key: BlockHash, reason: str) -> None:
         """A block the hierarchy believed resident is gone or unusable: forget it as a drop."""
-        tier.policy.remove(key)
-        self._detach(tier, key)
+        nbytes = self._remove(tier, key)
         tier.counters.drops += 1
         tier.counters.errors += 1
         self.drops += 1
-        self._emit(_DROP, key, tier, detail=reason)
+        self._emit(_DROP, key, tier, nbytes=nbytes, detail=reason)
 
     def _retry_deletes(self, tier: Tier) -> None:
         store = tier.store
         assert store is not None
         for key in list(tier.pending_deletes):
-            if key in self._loc and self._loc[key] is tier:
+            if key in tier.policy.resident_keys:
                 tier.pending_deletes.discard(key)  # it was put back since
                 continue
             try:

@@ -245,3 +245,43 @@ def test_oversized_block_is_rejected_cleanly() -> None:
     h = three_tiers()
     assert h.put(payload_block(1, 11 * B)) is None
     assert h.rejected == 1 and len(h) == 0
+
+
+def test_reput_of_a_block_stranded_in_a_down_tier_keeps_the_medium_consistent() -> None:
+    """The old copy stays on the down medium: once the tier is back, that copy is deleted before
+    anything new is put there, so the medium has the room ``used`` says it has."""
+    sink = ListSink()
+    stores = [DictStore("dram", 0, "dram"), DictStore("disk", 0, "disk")]
+    h = Hierarchy([TierConfig(s.name, 4 * B, high=1.0, low=1.0, store=s) for s in stores],
+                  block_bytes=B, sink=sink)
+    for key in (1, 2, 3):
+        assert h.put(payload_block(key, B)) == 0
+    stores[0].inject_fault(FaultKind.DOWN)
+    assert h.put(payload_block(1, B)) == 1  # unreachable in dram: put again, lands in disk
+    dram = h.tiers[0]
+    assert dram.pending_deletes == {1} and stores[0].used_bytes == dram.used + B
+    dropped = sink.of_kind(EventKind.DROP)
+    assert [(e.key, e.tier, e.nbytes) for e in dropped] == [(1, "dram", B)]
+    assert h.puts == len(h) + h.drops + h.deletes
+    stores[0].clear_faults()
+    assert h.put(payload_block(4, B)) == 0
+    assert h.put(payload_block(5, B)) == 0  # dram's last free block, by its count and the medium's
+    assert dram.counters.errors == 1  # the unreachable copy; no put was refused
+    assert not dram.pending_deletes and stores[0].used_bytes == dram.used == 4 * B
+    assert sorted(stores[0].keys()) == sorted(dram.policy) == [2, 3, 4, 5]
+    assert h.puts == len(h) + h.drops + h.deletes
+
+
+def test_adopted_blocks_are_located_served_and_evicted_like_any_other() -> None:
+    h = three_tiers()
+    disk = h.tiers[2].store
+    assert disk is not None
+    for key in (7, 8):
+        disk.put(payload_block(key, B))  # on the medium before the hierarchy knew them
+    assert h.adopt_resident("disk") == 2
+    assert h.locate(7) == 2 and len(h) == 2 and sorted(h.tiers[2].policy) == [7, 8]
+    h.set_promotion("never")
+    found = h.get(8)
+    assert found is not None and bytes(found[0].view()) == bytes(payload_block(8, B).view())
+    h.set_capacity("disk", B)  # room for one: the least recently used adopted block goes
+    assert h.locate(7) is None and h.locate(8) == 2 and disk.num_blocks == 1

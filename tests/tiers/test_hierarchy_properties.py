@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from tiertop.tiers.events import EventKind, ListSink
+from tiertop.tiers.health import Health
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
 from tiertop.tiers.store import FaultKind
 
@@ -37,6 +38,7 @@ class HierarchyMachine(RuleBasedStateMachine):
         ]
         self.h = Hierarchy(configs, block_bytes=B, sink=self.sink)
         self.odd_sizes = odd_sizes
+        self.errors_checked = 0
 
     def state(self) -> tuple[object, ...]:
         h = self.h
@@ -58,6 +60,12 @@ class HierarchyMachine(RuleBasedStateMachine):
     def put(self, key: int, position: int) -> None:
         self.h.put(payload_block(key, self.size_of(key)), position=position)
 
+    @rule(first=keys, count=st.integers(2, 6))
+    def put_run(self, first: int, count: int) -> None:
+        """A request's worth of blocks at once: fills tiers in few steps."""
+        for key in range(first, first + count):
+            self.put(key, 0)
+
     @rule(key=keys)
     def get(self, key: int) -> None:
         found = self.h.get(key)
@@ -70,6 +78,15 @@ class HierarchyMachine(RuleBasedStateMachine):
     def get_resident(self, data: st.DataObject) -> None:
         resident = sorted(k for t in self.h.tiers for k in t.policy)
         self.get(data.draw(st.sampled_from(resident)))
+
+    def in_down_tiers(self) -> list[int]:
+        """Blocks resident in a tier whose store is down."""
+        return sorted(k for t in self.h.tiers if t.health is Health.DOWN for k in t.policy)
+
+    @precondition(lambda self: bool(self.in_down_tiers()))
+    @rule(data=st.data(), position=st.integers(0, 4))
+    def put_again_while_its_tier_is_down(self, data: st.DataObject, position: int) -> None:
+        self.put(data.draw(st.sampled_from(self.in_down_tiers())), position)
 
     @rule(key=keys)
     def delete(self, key: int) -> None:
@@ -108,6 +125,18 @@ class HierarchyMachine(RuleBasedStateMachine):
     def clear_fault(self, index: int) -> None:
         self.stores[index].clear_faults()
 
+    @rule(index=st.integers(0, 2), data=st.data())
+    def outage(self, index: int, data: st.DataObject) -> None:
+        """A medium goes away and comes back; its blocks put again meanwhile are placed afresh
+        and their old copies stay on it, to be deleted once it is back."""
+        store = self.stores[index]
+        store.inject_fault(FaultKind.DOWN, delay_s=0.0)
+        resident = sorted(self.h.tiers[index].policy)
+        if resident:
+            for key in data.draw(st.lists(st.sampled_from(resident), unique=True)):
+                self.put(key, 0)
+        store.clear_faults()
+
     @invariant()
     def occupancy_within_capacity(self) -> None:
         for tier in self.h.tiers:
@@ -116,17 +145,35 @@ class HierarchyMachine(RuleBasedStateMachine):
     @invariant()
     def bookkeeping_matches_residents(self) -> None:
         per_tier = {t.name: 0 for t in self.h.tiers}
+        seen: set[int] = set()
         for tier in self.h.tiers:
             for key in tier.policy:
+                assert key not in seen, f"block {key} is resident in two tiers"
+                seen.add(key)
                 assert self.h.locate(key) == tier.index
                 per_tier[tier.name] += self.h.size_of(key)
             assert len(tier.policy) == tier.blocks
+        assert len(self.h) == len(seen)
         for tier in self.h.tiers:
             assert per_tier[tier.name] == tier.used
             store = tier.store
             assert store is not None
-            if not tier.pending_deletes:
-                assert store.used_bytes == tier.used
+            # the medium holds the resident blocks and the copies whose delete is pending
+            resident = set(tier.policy)
+            stranded = {k for k in tier.pending_deletes if k in store} - resident
+            assert set(store.keys()) == resident | stranded
+            assert store.used_bytes == tier.used + sum(store.size_of(k) for k in stranded)
+
+    @invariant()
+    def only_a_full_medium_refuses_a_put(self) -> None:
+        # the hierarchy puts a block only where its own count says it fits; a stranded copy
+        # it forgot would make the medium refuse
+        errors = self.sink.of_kind(EventKind.ERROR)
+        for event in errors[self.errors_checked:]:
+            if event.detail.startswith("put failed"):
+                store = self.stores[NAMES.index(event.tier or "")]
+                assert FaultKind.FULL in {f.kind for f in store.faults()}, event.detail
+        self.errors_checked = len(errors)
 
     @invariant()
     def counters_conserve(self) -> None:

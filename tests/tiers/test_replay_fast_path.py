@@ -40,6 +40,9 @@ SHAPES = {
     "one tier, watermarks": [dict(name="t0", capacity_bytes=50, high=0.8, low=0.5)],
     "two tiers": [dict(name="t0", capacity_bytes=30, high=0.9, low=0.7),
                   dict(name="t1", capacity_bytes=60, high=1.0, low=1.0)],
+    "three tiers": [dict(name="t0", capacity_bytes=20, high=1.0, low=1.0),
+                    dict(name="t1", capacity_bytes=30, high=0.9, low=0.6),
+                    dict(name="t2", capacity_bytes=40, high=1.0, low=1.0)],
 }
 
 

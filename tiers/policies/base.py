@@ -14,12 +14,17 @@ Call order the hierarchy keeps, per tier:
 
 ``victim`` both chooses and forgets the block it returns. Policies with ghost state (ARC, S3-FIFO)
 keep it across ``victim``/``insert``; ``resize`` tells them the tier's capacity in blocks.
+
+A policy's table is the hierarchy's only record of which tier holds a block (a table of
+locations besides would cost every resident block another dict entry): ``key in
+policy.resident_keys`` is asked of one tier after another on every lookup, so a policy that keeps
+its resident keys in one dict puts that dict there, and the test is a C-level lookup, not a call.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any, ClassVar
 
 
@@ -29,6 +34,8 @@ class EvictionPolicy(ABC):
 
     def __init__(self, capacity_blocks: int = 0, **options: Any) -> None:
         self.capacity_blocks = capacity_blocks
+        #: ``key in resident_keys``: is the block resident here (ghosts are not)
+        self.resident_keys: Container[object] = self
 
     @abstractmethod
     def insert(self, key: int) -> None:

@@ -66,6 +66,7 @@ class LRUPolicy(EvictionPolicy):
         _check_options(self.name, options)
         super().__init__(capacity_blocks)
         self._order: OrderedDict[int, None] = OrderedDict()
+        self.resident_keys = self._order
         if type(self) is LRUPolicy:  # a hit is then one C call, not a Python frame
             self.touch = self._order.move_to_end  # type: ignore[method-assign]
 
@@ -131,6 +132,7 @@ class LFUPolicy(EvictionPolicy):
         _check_options(self.name, options)
         super().__init__(capacity_blocks)
         self._freq: dict[int, int] = {}
+        self.resident_keys = self._freq
         self._buckets: dict[int, OrderedDict[int, None]] = {}
         self._freq_heap: list[int] = []  # frequencies with a bucket (and stale ones)
         self._heap_limit = 64
@@ -536,6 +538,7 @@ class RandomPolicy(EvictionPolicy):
         self._rng = random.Random(seed)
         self._keys: list[int] = []
         self._index: dict[int, int] = {}
+        self.resident_keys = self._index
 
     def insert(self, key: int) -> None:
         index = self._index
@@ -611,6 +614,7 @@ class BeladyPolicy(EvictionPolicy):
         self._next_use = oracle.next_use_table.get
         self._sequence = oracle.sequence
         self._entry: dict[int, int] = {}
+        self.resident_keys = self._entry
         self._heap: list[int] = []  # -next_use of live and stale entries
         self._dead: list[int] = []  # keys never used again (live and stale)
         self._limit = 64
