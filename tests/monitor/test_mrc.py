@@ -29,6 +29,8 @@ from tiertop.tiers.events import EventKind, TierEvent
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
 from tiertop.tiers.policies.base import eviction_policy
 
+from tests.monitor.event_collector import EventCollector
+
 # ------------------------------------------------------------------------- exact references
 
 
@@ -388,25 +390,6 @@ def test_sink_counts_every_lookup() -> None:
 # ------------------------------------------------------------------- from telemetry events
 
 
-class _Publisher:
-    """What the runtime's TelemetrySink calls, collecting vLLM-shaped events."""
-
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    def block_stored(self, hashes: list[int], medium: str, **_: object) -> None:
-        self.events.append(BlockStored(list(hashes), None, [], 0, None, medium, None))
-
-    def block_removed(self, hashes: list[int], medium: str) -> None:
-        self.events.append(BlockRemoved(list(hashes), medium))
-
-    def move(self, *_: object) -> None:
-        pass
-
-    def publish(self, _: object) -> None:
-        pass
-
-
 def _batches(events: list[object], size: int) -> list[KvEventBatch]:
     out = []
     for i in range(0, len(events), size):
@@ -421,7 +404,7 @@ def published_run(keys: list[int], tiers: list[TierConfig]) -> tuple[list[object
     returns those block events and the lookups that missed the top tier (in order)."""
     from tiertop.runtime.telemetry import TelemetrySink
 
-    pub = _Publisher()
+    pub = EventCollector()
     top = tiers[0].name
     missed: list[int] = []
 

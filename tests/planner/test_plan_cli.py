@@ -22,11 +22,13 @@ from tiertop.monitor.protocol import (
     Topology,
 )
 from tiertop.monitor.recording import RecordingWriter
-from tiertop.monitor.vllm_events import BlockRemoved, BlockStored, encode_batch
+from tiertop.monitor.vllm_events import encode_batch
 from tiertop.planner.catalog import load_catalog
 from tiertop.planner.model import Workload, predict
 from tiertop.runtime.telemetry import TelemetrySink
 from tiertop.tiers.hierarchy import Hierarchy, TierConfig
+
+from tests.monitor.event_collector import EventCollector
 
 RANK_ARGS = ["plan", "--model", "llama-3-8b", "--batch-size", "32", "--input-len", "1024",
              "--output-len", "256", "--safety-factor", "1.1", "--slo-tps", "1000"]
@@ -127,23 +129,6 @@ def test_from_jsonl_of_accesses(capsys: pytest.CaptureFixture[str], tmp_path: Pa
 # ------------------------------------------------------------------- a recorded session
 
 
-class _Publisher:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    def block_stored(self, hashes: list[int], medium: str, **_: object) -> None:
-        self.events.append(BlockStored(list(hashes), None, [], 0, None, medium, None))
-
-    def block_removed(self, hashes: list[int], medium: str) -> None:
-        self.events.append(BlockRemoved(list(hashes), medium))
-
-    def move(self, *_: object) -> None:
-        pass
-
-    def publish(self, _: object) -> None:
-        pass
-
-
 TESTGPU = """
 [hardware.testgpu]
 name = "Test GPU"
@@ -191,7 +176,7 @@ def write_recording(path: Path) -> None:
     send(Hello(mode="sim", topology=Topology(tier_order=["gpu", "dram"], block_bytes=4096),
                tiers=[TierInfo(name="gpu", capacity_bytes=400 * 4096, block_bytes=4096),
                       TierInfo(name="dram", capacity_bytes=1200 * 4096, block_bytes=4096)]))
-    pub = _Publisher()
+    pub = EventCollector()
     h = Hierarchy([TierConfig("gpu", 400 * 4096, high=1.0, low=1.0),
                    TierConfig("dram", 1200 * 4096, high=1.0, low=1.0)],
                   block_bytes=4096, sink=TelemetrySink(pub))  # type: ignore[arg-type]
