@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from tiertop.monitor.commands import Applied
@@ -60,6 +60,9 @@ from tiertop.monitor.vllm_events import KvEventBatch
 from tiertop.runtime.trace_workload import TraceWorkload
 
 from .format import METRICS, OPS, Action, Expectation, Scenario, format_value
+
+if TYPE_CHECKING:
+    from tiertop.runtime.publisher import TelemetryPublisher
 
 __all__ = ["ActionResult", "CheckResult", "PlayError", "PlayResult", "Player", "play"]
 
@@ -541,8 +544,7 @@ class Player:
         wall = time.monotonic() - started
         full = stream.summarizer.finish()
         by_name = {p.name: p for p in full.phases}
-        visible = [_tidy(p, stream.model) for p in full.phases
-                   if p.name in {q.name for q in self.scenario.phases}]
+        visible = [p for p in full.phases if p.name in {q.name for q in self.scenario.phases}]
         summary = Summary(phases=visible, source=full.source, duration_s=full.duration_s,
                           info={"scenario": self.scenario.name, "seed": self.scenario.seed})
         integrity = _integrity(stream, by_name[RUN_PHASE], block_tokens)
@@ -609,6 +611,19 @@ class Player:
                 points.add(p.end_s)
         return sorted(t for t in points if 0.0 <= t <= s.duration_s)
 
+    @staticmethod
+    def _wind_up(stream: _Stream, publisher: TelemetryPublisher | None, recorder: Any) -> None:
+        """After the last action: everything published reaches the summary (and the
+        recording, which is then finished)."""
+        assert publisher is not None
+        publisher.flush(timeout_s=2.0)
+        if not stream.drain(dict(publisher.counters().topic_seqs)):
+            stream.pump(100)
+        if recorder is not None:
+            from tiertop.monitor.recorder import finish_runtime_recording
+
+            finish_runtime_recording(recorder, publisher)
+
     def _play_sim(self, phases: list[Phase]) -> tuple[_Stream, list[ActionResult], int]:
         from tiertop.runtime.sim.replay import build_cluster
         from tiertop.runtime.sim.service import SimConfig, SimService
@@ -666,16 +681,8 @@ class Player:
                 stream.cut(t)
                 while due and due[0].at_s <= t + 1e-9:
                     actions.append(self._apply(client, due.pop(0), t))
-            publisher = service.publisher
-            assert publisher is not None
-            publisher.flush(timeout_s=2.0)
-            if not stream.drain(dict(publisher.counters().topic_seqs)):
-                stream.pump(100)
-            if recorder is not None:
-                from tiertop.monitor.recorder import finish_runtime_recording
-
-                finish_runtime_recording(recorder, publisher)
-                recorder = None
+            self._wind_up(stream, service.publisher, recorder)
+            recorder = None
             if self.hold is not None:
                 self.hold()  # the loop still applies a dashboard's commands meanwhile
         finally:
@@ -751,16 +758,8 @@ class Player:
                 stream.pump(50)
             if failure:
                 raise PlayError(f"the model runtime failed: {failure[0]!r}") from failure[0]
-            publisher = runtime.publisher
-            assert publisher is not None
-            publisher.flush(timeout_s=2.0)
-            if not stream.drain(dict(publisher.counters().topic_seqs)):
-                stream.pump(100)
-            if recorder is not None:
-                from tiertop.monitor.recorder import finish_runtime_recording
-
-                finish_runtime_recording(recorder, publisher)
-                recorder = None
+            self._wind_up(stream, runtime.publisher, recorder)
+            recorder = None
             if self.hold is not None:
                 self.hold()
         finally:
@@ -802,19 +801,6 @@ class Player:
         passed = bool(OPS[e.op](measured, threshold))
         detail = "" if phase.complete else "the run ended before the phase did"
         return CheckResult(e, passed, measured, threshold, detail, ref)
-
-
-def _tidy(phase: PhaseResult, model: StateModel) -> PhaseResult:
-    """Leave out tier rows that only a fault event named (the simulator names each rack's
-    pool, ``pool@R``, in its fault events) and that hold no data: the runtime's own tiers are
-    the ones its Hello lists."""
-    hello = model.hello
-    if hello is None:
-        return phase
-    known = {t.name for t in hello.tiers}
-    phase.tiers = {name: row for name, row in phase.tiers.items()
-                   if name in known or any(v for v in row.values() if v is not None)}
-    return phase
 
 
 def _measure(phase: PhaseResult, e: Expectation) -> float | None:
