@@ -343,7 +343,7 @@ class DashboardApp(App[int]):
         """Status line, tier panels and service panel, from one read of the model."""
         now = self.clock()
         status_line = self.status_line
-        if self.screen.id in ("cluster", "mrc"):  # the dashboard is hidden: do not draw it
+        if self._dashboard_hidden():
             return
         if self.frozen:
             status_line.show(build_status(self.session, now, ZOOMS[self.zoom][0], True),
@@ -373,9 +373,13 @@ class DashboardApp(App[int]):
             self._binding_state = state
             self.refresh_bindings()
 
+    def _dashboard_hidden(self) -> bool:
+        """A full-screen view (cluster, MRC) covers the panels: drawing them would be wasted."""
+        return self.screen.id in ("cluster", "mrc")
+
     def refresh_slow(self) -> None:
         """Event log and requests table."""
-        if self.frozen:
+        if self.frozen or self._dashboard_hidden():
             return
         _, events, requests = data_versions(self.session)
         log = self.event_log
