@@ -27,8 +27,10 @@ What it keeps, all bounded in memory:
   bounded log with a filter (:meth:`StateModel.events`).
 * **recent requests** in a bounded table updated in place (:meth:`StateModel.requests`).
 * **source and connection health** (:meth:`StateModel.source_health`).
-* **block residency** from vLLM-shaped block events (sets of block hashes per tier, capped),
-  which is how sources that send no TierStats (real engines) still show occupancy.
+* **block residency** from vLLM-shaped block events (hashes per tier, capped, in a
+  :class:`~tiertop.monitor.residency.BlockResidency`), which is how sources that send no
+  TierStats (real engines) still show occupancy. A :class:`~tiertop.monitor.residency.BlockDigest`
+  (what a run of batches did, folded elsewhere) folds through the same path as a raw batch.
 * **the cluster picture** from the simulator's ``ClusterStats``: per-rack occupancy, windowed
   hit ratio and eviction rate, load, and per-GPU rows of drilled-into racks, as
   :attr:`StateModel.cluster` (a :class:`~tiertop.monitor.cluster_state.ClusterView`).
@@ -68,8 +70,9 @@ from .protocol import (
     TierSample,
     TierStats,
 )
+from .residency import DEFAULT_MAX_TRACKED_BLOCKS, BlockDigest, BlockResidency
 from .series import DEFAULT_RESOLUTIONS, MultiResolutionRing, Resolution, RingWindow
-from .vllm_events import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatch
+from .vllm_events import KvEventBatch
 
 __all__ = [
     "EVENT_KINDS",
@@ -161,6 +164,7 @@ _RQ_MIDS: Final[FloatArray] = 2.0 ** (
     (np.arange(RQ_BUCKETS, dtype=np.float64) - _RQ_OFFSET + 0.5) / _RQ_PER_OCTAVE
 )
 _NAN: Final = float("nan")
+_KV_BATCH: Final = KvEventBatch.__name__
 
 
 def request_bucket(seconds: float) -> int:
@@ -411,10 +415,9 @@ class TierState:
         health: ``"ok"``, ``"degraded"``, ``"down"`` (latest of TierStats and HealthChange).
         health_reason: Why it is not ok.
         faults: Active injected faults (latest of TierStats and FaultEvent).
-        resident: Hashes of blocks resident per block events (None: not tracked, e.g. over
-            the cap or after a snapshot without hashes).
-        resident_blocks: Resident blocks per block events / snapshots (an estimate when
-            ``resident`` is None).
+        resident_blocks: Resident blocks per block events / snapshots.
+        blocks_exact: ``resident_blocks`` counts tracked hashes (False: an estimate, stored
+            minus removed, e.g. over the cap or after a snapshot without hashes).
     """
 
     name: str
@@ -424,10 +427,8 @@ class TierState:
     health: str = "ok"
     health_reason: str = ""
     faults: list[str] = field(default_factory=list)
-    # A dict, not a set: a dict of ints (or bytes) is not tracked by the garbage collector, so
-    # hundreds of thousands of resident hashes cost a full collection nothing (a set: ~30 ms).
-    resident: dict[Any, None] | None = field(default_factory=dict)
     resident_blocks: int = 0
+    blocks_exact: bool = True
 
     @property
     def kind(self) -> str:
@@ -483,7 +484,7 @@ class StateModel:
         window_s: float = 5.0,
         max_events: int = 2000,
         max_requests: int = 500,
-        max_tracked_blocks: int = 250_000,
+        max_tracked_blocks: int = DEFAULT_MAX_TRACKED_BLOCKS,
         stale_after_s: float = 3.0,
     ) -> None:
         if max_events < 1 or max_requests < 1:
@@ -514,6 +515,8 @@ class StateModel:
 
         # Tiers.
         self._tiers: dict[str, TierState] = {}
+        #: Resident block hashes per tier from block events (read it, do not change it).
+        self.residency = BlockResidency(max_tracked_blocks)
         self._order: list[str] = []
         self._tier_ring = MultiResolutionRing((4, _T_WIDTH), resolutions)
         self._service_ring = MultiResolutionRing((_S_WIDTH,), resolutions)
@@ -542,6 +545,7 @@ class StateModel:
 
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             KvEventBatch: self._on_kv,
+            BlockDigest: self._on_digest,
             TierStats: self._on_stats,
             TierMoves: self._on_moves,
             RequestDone: self._on_request,
@@ -557,7 +561,8 @@ class StateModel:
     # ================================================================================ folding
 
     def fold(self, message: Any, received_at: float | None = None) -> None:
-        """Fold one decoded message (a tiertop message or a :class:`KvEventBatch`).
+        """Fold one decoded message (a tiertop message, a :class:`KvEventBatch` or a
+        :class:`~tiertop.monitor.residency.BlockDigest` of several).
 
         Args:
             message: What :meth:`TelemetrySubscriber.poll` returned (or a recording holds).
@@ -568,12 +573,15 @@ class StateModel:
         if received_at is not None:
             self.last_received_at = received_at
         cls = type(message)
-        name = cls.__name__
-        self.messages[name] = self.messages.get(name, 0) + 1
+        if cls is BlockDigest:  # counted as the batches it stands for, however they came
+            name, count = _KV_BATCH, message.batches
+        else:
+            name, count = cls.__name__, 1
+        self.messages[name] = self.messages.get(name, 0) + count
         handler = self._handlers.get(cls)
         if handler is None:
             return
-        if cls is KvEventBatch:
+        if cls is KvEventBatch or cls is BlockDigest:  # block events carry no source or epoch
             handler(message, self._time(message.ts))
             return
         if message.source and message.source != self.source:
@@ -638,9 +646,10 @@ class StateModel:
         self._base_clock = None
         self._base_prefix = None
         self._last_tick = None
+        self.residency.reset()
         for tier in self._tiers.values():
-            tier.resident = {}
             tier.resident_blocks = 0
+            tier.blocks_exact = True
             tier.faults = []
         self._cluster.reset()
         latest = self.latest_time
@@ -790,59 +799,38 @@ class StateModel:
         self.stats = m
 
     def _on_kv(self, batch: KvEventBatch, t: float) -> None:
+        digest = self.residency.fold((batch,))
+        if digest is not None:
+            self._on_digest(digest, t)
+
+    def _on_digest(self, digest: BlockDigest, t: float) -> None:
+        """Block events, raw (a digest of one batch) or digested elsewhere: the counts only,
+        so a model fed digests shows what one fed the batches would. Each tier touched adds
+        its resident count after each batch that touched it to the series (a tier only a clear
+        touched, unknown to the residency: one sample of 0)."""
         tiers = self._tiers
-        stored: dict[str, int] = {}
-        removed: dict[str, int] = {}
-        cleared = False
-        for event, name in zip(batch.events, batch.tiers, strict=False):
-            if isinstance(event, BlockStored):
-                hashes = event.block_hashes
-                stored[name] = stored.get(name, 0) + len(hashes)
-                tier = tiers.get(name) or self._tier(name)
-                res = tier.resident
-                if res is not None:
-                    res.update(dict.fromkeys(hashes))
-                else:
-                    tier.resident_blocks += len(hashes)
-            elif isinstance(event, BlockRemoved):
-                hashes = event.block_hashes
-                removed[name] = removed.get(name, 0) + len(hashes)
-                tier = tiers.get(name) or self._tier(name)
-                res = tier.resident
-                if res is not None:
-                    for key in hashes:
-                        res.pop(key, None)
-                else:
-                    tier.resident_blocks = max(0, tier.resident_blocks - len(hashes))
-            elif isinstance(event, AllBlocksCleared):
-                cleared = True
-                for tier in tiers.values():
-                    if tier.resident is not None:
-                        tier.resident.clear()
-                    else:
-                        tier.resident = {}
-                    tier.resident_blocks = 0
-        n = len(batch.events)
+        if digest.cleared:
+            for tier in tiers.values():
+                tier.resident_blocks = 0
+        for name, blocks in digest.resident.items():
+            tier = tiers.get(name) or self._tier(name)
+            tier.resident_blocks = blocks
+        untracked = digest.untracked
+        for tier in tiers.values():
+            tier.blocks_exact = tier.name not in untracked
+        n = digest.events
         if not n:
             return
         self._service_ring.add_at(t, _S_BLOCK_EVENTS, float(n))
-        touched = stored.keys() | removed.keys()
-        if cleared:
-            touched = touched | tiers.keys()
+        touched = tiers.keys() if digest.cleared else digest.resident.keys()
         if not touched:
             return
+        stored, removed, samples = digest.stored, digest.removed, digest.samples
         idx: list[int] = []
         cols: list[int] = []
         vals: list[float] = []
         for name in touched:
             tier = tiers[name]
-            res = tier.resident
-            if res is not None:
-                if len(res) > self.max_tracked_blocks:
-                    tier.resident_blocks = len(res)
-                    tier.resident = None  # too many to track: estimate from here on
-                else:
-                    tier.resident_blocks = len(res)
             i = tier.index
             s, r = stored.get(name, 0), removed.get(name, 0)
             if s:
@@ -853,9 +841,10 @@ class StateModel:
                 idx.append(i)
                 cols.append(_T_KV_REMOVED)
                 vals.append(r)
+            total, n = samples.get(name, (0, 1))
             idx += (i, i)
             cols += (_T_RES_SUM, _T_RES_N)
-            vals += (tier.resident_blocks, 1.0)
+            vals += (total, n)
         self._tier_ring.add_many(
             t, (np.array(idx, dtype=np.intp), np.array(cols, dtype=np.intp)),
             np.array(vals, dtype=np.float64),
@@ -983,15 +972,11 @@ class StateModel:
             stats = m.stats
             if not stats.epoch or stats.epoch == self.epoch:  # else: another run's, stale
                 self._on_stats(stats, self._time(stats.clock) if stats.clock else t)
+        self.residency.load(m.resident)
         for summary in m.resident:
             tier = self._tier(summary.tier)
-            if summary.block_hashes is not None and len(summary.block_hashes) <= (
-                self.max_tracked_blocks
-            ):
-                tier.resident = dict.fromkeys(summary.block_hashes)
-            else:
-                tier.resident = None
             tier.resident_blocks = summary.blocks
+            tier.blocks_exact = self.residency.tracked(summary.tier)
         self._log(t, m.clock, "resync", item=f"snapshot applied ({len(m.topic_seqs)} topics)")
 
     # ================================================================================ queries
@@ -1238,7 +1223,7 @@ class StateModel:
             "faults": list(tier.faults),
             "counters": {k: getattr(s, k) for k in TIER_COUNTERS} if s is not None else {},
             "resident_blocks": tier.resident_blocks,
-            "blocks_exact": tier.resident is not None,
+            "blocks_exact": tier.blocks_exact,
             "window": self.tier_window(name, window_s),
         }
 

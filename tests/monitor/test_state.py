@@ -451,10 +451,17 @@ def test_residency_beyond_the_cap_becomes_an_estimate() -> None:
     model = StateModel(max_tracked_blocks=100)
     model.fold(kv(1.0, [stored(list(range(150)), "gpu")], ["gpu"]))
     gpu = model.tier("gpu")
-    assert gpu is not None and gpu.resident is None and gpu.resident_blocks == 150
+    assert gpu is not None and not gpu.blocks_exact and gpu.resident_blocks == 150
+    assert not model.residency.tracked("gpu")
     model.fold(kv(2.0, [BlockRemoved(list(range(50)), "gpu")], ["gpu"]))
     assert gpu.resident_blocks == 100
+    # Hashes it never stored still count against the estimate.
+    model.fold(kv(3.0, [BlockRemoved([10_000] * 3, "gpu")], ["gpu"]))
+    assert gpu.resident_blocks == 97
     assert model.tier_view("gpu")["blocks_exact"] is False
+    # A clear makes it exact again.
+    model.fold(kv(4.0, [AllBlocksCleared(), stored([1, 2], "gpu")], ["*", "gpu"]))
+    assert gpu.resident_blocks == 2 and model.tier_view("gpu")["blocks_exact"] is True
 
 
 def test_many_tiers_grow_the_series() -> None:
@@ -540,8 +547,12 @@ def test_a_snapshot_message_sets_baselines_on_join() -> None:
     model.fold_many(tick(i) for i in range(11, 15))
     assert model.tier_window("dram", 3.0)["evictions_per_s"] == pytest.approx(2.0)
     dram, disk = model.tier("dram"), model.tier("disk")
-    assert dram is not None and dram.resident is not None and set(dram.resident) == {1, 2, 3}
-    assert disk is not None and disk.resident is None and disk.resident_blocks == 7
+    assert dram is not None and dram.blocks_exact and dram.resident_blocks == 3
+    assert disk is not None and not disk.blocks_exact and disk.resident_blocks == 7
+    # The snapshot's hashes are the table: removing one of them counts.
+    model.fold(kv(15.0, [BlockRemoved([2, 99], "dram"), BlockRemoved([5], "disk")],
+                  ["dram", "disk"]))
+    assert dram.resident_blocks == 2 and disk.resident_blocks == 6
     assert model.settings == {"dram.watermarks": [0.9, 0.7]}
     assert model.snapshots_applied == 1
     assert model.events(kinds="resync")
