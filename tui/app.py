@@ -399,11 +399,14 @@ class DashboardApp(App[int]):
         container = self.tiers_box
         for name in [n for n in self._panels if n not in names]:
             self._panels.pop(name).remove()
-        for t in tiers:
+        for i, t in enumerate(tiers):
             if t.name not in self._panels:
                 panel = TierPanel(t.index, t.name, id=f"tier-{len(self._panels)}-{_css_id(t.name)}")
                 self._panels[t.name] = panel
-                container.mount(panel)
+                # In the frame's order: a tier that gets data late lands where it belongs.
+                after = next((self._panels[n] for n in names[i + 1:] if n in self._panels
+                              and self._panels[n].parent is container), None)
+                container.mount(panel, before=after)
         self._panels = {n: self._panels[n] for n in names}
 
     # --------------------------------------------------------------------------- helpers
@@ -678,7 +681,10 @@ class DashboardApp(App[int]):
         self.push_screen(SeekScreen(tape.position_s, tape.duration_s), chosen)
 
     def action_clear_faults(self) -> None:
-        active = [f"{t.name}: {','.join(t.faults)}" for t in self.tiers if t.faults]
+        model = self.session.model
+        with self.session.lock:  # every tier's, those without a panel too
+            active = [f"{name}: {','.join(tier.faults)}" for name in model.tier_names()
+                      if (tier := model.tier(name)) is not None and tier.faults]
         what = "; ".join(active) if active else "none active now"
         self._confirm_then_send(f"End injected faults on every tier ({what})?",
                                 [ClearFaults()], "Clear faults")

@@ -15,7 +15,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 from tiertop.monitor.protocol import MODE_SIM, ControlChange, TierMove
-from tiertop.monitor.state import EVENT_KINDS, EventRecord, StateModel
+from tiertop.monitor.state import EVENT_KINDS, EventRecord, StateModel, TierState
 
 from .format import compact, fmt_bytes, fmt_duration, unwrap
 from .session import Session
@@ -29,6 +29,7 @@ __all__ = [
     "EventLine",
     "EventsFrame",
     "Frame",
+    "HiddenTiers",
     "RequestLine",
     "Series",
     "ServiceFrame",
@@ -77,8 +78,27 @@ class Series:
 
 
 @dataclass(frozen=True, slots=True)
+class HiddenTiers:
+    """Tiers left without a panel: only fault or health events named them (the simulator's
+    per-rack pools, ``pool@R``, whose traffic the ``pool`` panel shows). An empty panel each
+    would say nothing and bury the others; their events stay in the event log.
+
+    Attributes:
+        names: The tiers, in the model's order.
+        down: Of them, how many are down now.
+        degraded: How many are degraded (and not down).
+        faulted: How many have an active fault but are healthy.
+    """
+
+    names: tuple[str, ...] = ()
+    down: int = 0
+    degraded: int = 0
+    faulted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class TierFrame:
-    """One tier panel's data."""
+    """One tier panel's data (the last panel also carries the tiers left without one)."""
 
     index: int
     name: str
@@ -102,6 +122,7 @@ class TierFrame:
     window: dict[str, float | None]
     occupancy_series: Series
     p99_series: Series
+    hidden_below: HiddenTiers | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +186,7 @@ class Frame:
     status: StatusFrame
     tiers: list[TierFrame]
     service: ServiceFrame
+    hidden: HiddenTiers = field(default_factory=HiddenTiers)
 
 
 def _series(model: StateModel, tier: str | None, metric: str, window: float | None) -> Series:
@@ -218,6 +240,34 @@ _EVENT_MESSAGES: Final = ("TierMoves", "ControlChange", "FaultEvent", "HealthCha
                           "Snapshot")
 
 
+def _has_panel_data(model: StateModel, tier: TierState) -> bool:
+    """Whether a tier has anything for a panel to draw: the runtime's Hello lists it, or a
+    TierStats sample or block events named it. The headless summary drops such tiers by the
+    same test, written inline there (``monitor/summary.py``: not in Hello, an empty row); as
+    there, a source without a Hello (a real engine's block events) keeps every tier."""
+    return (model.hello is None or tier.info is not None or tier.sample is not None
+            or tier.resident_blocks > 0)
+
+
+def _panel_tiers(model: StateModel) -> tuple[list[str], HiddenTiers]:
+    """The tiers that get a panel, and those left without one (all of them get a panel when
+    none has data: a note needs a panel to sit in)."""
+    shown: list[str] = []
+    hidden: list[TierState] = []
+    for name in model.tier_names():
+        tier = model.tier(name)
+        if tier is None or _has_panel_data(model, tier):
+            shown.append(name)
+        else:
+            hidden.append(tier)
+    if not shown:
+        return model.tier_names(), HiddenTiers()
+    down = sum(t.health == "down" for t in hidden)
+    degraded = sum(t.health == "degraded" for t in hidden)
+    faulted = sum(t.health == "ok" and bool(t.faults) for t in hidden)
+    return shown, HiddenTiers(tuple(t.name for t in hidden), down, degraded, faulted)
+
+
 def data_versions(session: Session) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """Counters that change when what the panels, the event log or the requests table show
     may have changed: a refresh skips reading the model again while they stay the same."""
@@ -243,8 +293,9 @@ def build_frame(session: Session, now: float, zoom: int, frozen: bool = False) -
     model = session.model
     with session.lock:
         status = _status(session, now, label, frozen)
+        names, hidden = _panel_tiers(model)
         tiers: list[TierFrame] = []
-        for i, name in enumerate(model.tier_names()):
+        for i, name in enumerate(names):
             view = model.tier_view(name, RATE_WINDOW_S)
             counters = view["counters"]
             tiers.append(TierFrame(
@@ -272,6 +323,7 @@ def build_frame(session: Session, now: float, zoom: int, frozen: bool = False) -
                         "corrupt_total": counters.get("corrupt")},
                 occupancy_series=_series(model, name, "occupancy", window),
                 p99_series=_series(model, name, "get_p99_s", window),
+                hidden_below=hidden if hidden.names and i == len(names) - 1 else None,
             ))
         sv = model.service_view(RATE_WINDOW_S)
         latest: dict[str, Any] = sv["latest"]
@@ -305,7 +357,7 @@ def build_frame(session: Session, now: float, zoom: int, frozen: bool = False) -
             tpot_series=_series(model, None, "tpot_p99_s", window),
             queue_series=_series(model, None, "queue_depth", window),
         )
-    return Frame(status, tiers, service)
+    return Frame(status, tiers, service, hidden)
 
 
 # ------------------------------------------------------------------------------------- events

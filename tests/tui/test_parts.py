@@ -28,10 +28,15 @@ from tiertop.tui.format import (
     resample,
     sparkline,
 )
-from tiertop.tui.frame import EventFilter, time_label
+from tiertop.tui.frame import EventFilter, build_status, time_label
 from tiertop.tui.ingest import Ingest
 from tiertop.tui.launcher import RuntimeExited, RuntimeProcess
 from tiertop.tui.options import load_keymap
+from tiertop.tui.palette import Palette
+from tiertop.tui.replay_status import RecordStatus, ReplayStatus, Tape
+from tiertop.tui.screens.help import LEGEND
+from tiertop.tui.session import Session
+from tiertop.tui.widgets.status_line import status_text
 from tiertop.tui.widgets.text_lines import TextLines, split_lines
 
 from .fakes import FakeSource, Script
@@ -97,6 +102,26 @@ def test_event_filter_parses_what_the_user_types() -> None:
     assert kinds is not None and "demote" not in kinds and "fault" in kinds
     assert EventFilter().wanted_kinds() is None
     assert time_label(12.34, "sim").strip() == "12.3s"
+
+
+def test_help_legend_explains_the_replay_and_record_badges() -> None:
+    """Each badge the status line writes for a replay or a recording is in the help's legend."""
+    model = StateModel()
+    script = Script()
+    model.fold_many([script.hello(), *script.run(2)])
+    status = build_status(Session(model=model), 10_000.0, "1m", False)
+    tapes: list[tuple[Tape, tuple[str, ...]]] = [
+        (ReplayStatus("r.ttrec", 83.4, 300.0, 4.0, True, False), ("▶ REPLAY", "×4 playing")),
+        (ReplayStatus("r.ttrec", 83.4, 300.0, 4.0, False, False, issues=("truncated",)),
+         ("❚❚ REPLAY", "⚠ damaged file: readable part only")),
+        (ReplayStatus("r.ttrec", 83.4, 300.0, 4.0, True, False, behind=True), ("catching up",)),
+        (RecordStatus("/tmp/s.ttrec", 1_250_000), ("● REC",)),
+        (RecordStatus("/tmp/s.ttrec", 1_250_000, error="disk full"), ("✖ REC stopped",)),
+    ]
+    for tape, badges in tapes:
+        line = status_text(status, Palette(), None, tape).plain
+        for badge in badges:
+            assert badge in line and badge in LEGEND, badge
 
 
 def test_keymap_files(tmp_path: Path) -> None:

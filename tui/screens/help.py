@@ -41,6 +41,13 @@ window (z).
   Status      ● LIVE · … CONNECTING · ⚠ STALE (no message for 3 s) · ❚❚ VIEW PAUSED · ✖ ERROR;
               gaps = messages missed, lost = not recovered by replay, drops = counted by the
               runtime's publisher, rtt = last control round trip.
+  Replay      ▶ REPLAY 1:23.4/5:00.0 ×4 playing (position/length, speed) · ❚❚ REPLAY: paused;
+              "catching up": the dashboard folds slower than the speed asks (the view lags).
+              ⚠ damaged file: readable part only = the file is cut short or partly corrupt;
+              what could be read plays (the warning at open says what is missing).
+  Recording   ● REC FILE 1.2M = --record is writing FILE (size so far) · ✖ REC stopped: why.
+  Panels      "+N tiers known only from fault events": only fault/health events name them (e.g.
+              rack pools, pool@R), so no panel; ✖ ⚠ ⚡ count those down, degraded, with faults.
 
 [b]Controls[/b] send a command to the runtime; forms check values before sending, destructive
 actions ask first, and the reply (applied, or the runtime's own error) shows in the form, a

@@ -1,4 +1,6 @@
-"""One tier: occupancy bar with its watermarks, sizes, health, rates, fetch latency."""
+"""One tier: occupancy bar with its watermarks, sizes, health, rates, fetch latency; under the
+last panel, a line for the tiers left without one (see :class:`~tiertop.tui.frame.HiddenTiers`).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from ..format import (
     resample,
     sparkline,
 )
-from ..frame import TierFrame
+from ..frame import HiddenTiers, TierFrame
 from ..palette import SEVERITY_SYMBOLS, Palette
 from .text_lines import TextLines
 
-__all__ = ["TierPanel", "health_label", "tier_text"]
+__all__ = ["TierPanel", "health_label", "hidden_tiers_text", "tier_text"]
 
 
 def health_label(t: TierFrame) -> str:
@@ -31,6 +33,28 @@ def health_label(t: TierFrame) -> str:
     if t.faults:
         label += "  ⚡ fault " + ",".join(t.faults)
     return label
+
+
+def _name_span(names: tuple[str, ...]) -> str:
+    """``a``, ``a, b`` or ``first … last``: enough to recognise 160 rack pools by."""
+    return ", ".join(names) if len(names) <= 2 else f"{names[0]} … {names[-1]}"
+
+
+def hidden_tiers_text(h: HiddenTiers, p: Palette) -> Text:
+    """``+160 tiers known only from fault events (pool@0 … pool@159) · ⚠ 3 degraded ·
+    see the event log``: how many, which, the worst state of each, in words and symbols."""
+    n = len(h.names)
+    out = Text(no_wrap=True, overflow="ellipsis")
+    out.append(f"+{n} tier{'s' if n != 1 else ''}", style="bold")
+    out.append(f" known only from fault events ({_name_span(h.names)})", style=p.muted)
+    down, degraded = SEVERITY_SYMBOLS["down"].split(), SEVERITY_SYMBOLS["degraded"].split()
+    for count, (symbol, word), style in ((h.down, down, p.bad), (h.degraded, degraded, p.warn),
+                                         (h.faulted, ("⚡", "with faults"), p.warn)):
+        if count:
+            out.append(" · ", style=p.muted)
+            out.append(f"{symbol} {count} {word.lower()}", style=f"bold {style}")
+    out.append(" · see the event log", style=p.muted)
+    return out
 
 
 def _rate(x: float | None, unit: str = "/s") -> str:
@@ -139,6 +163,7 @@ class TierPanel(TextLines):
     TierPanel.-selected { border: heavy $accent; }
     TierPanel.-degraded { border-subtitle-color: $text-warning; }
     TierPanel.-down { border: heavy $error; border-subtitle-color: $text-error; }
+    TierPanel.-hidden-below { height: 9; }
     """
 
     class Selected(Message):
@@ -170,12 +195,15 @@ class TierPanel(TextLines):
             return
         width = self.content_size.width or 80
         body = tier_text(t, width, self._palette)
+        if t.hidden_below is not None:
+            body.append("\n").append_text(hidden_tiers_text(t.hidden_below, self._palette))
         marker = "▶ " if self.selected else ""
         title = f"{marker}{t.index + 1} {t.name} · {t.kind or '?'}"
         self.set_titles(title, health_label(t))
         self.set_class(self.selected, "-selected")
         self.set_class(t.health == "degraded" or bool(t.faults), "-degraded")
         self.set_class(t.health == "down", "-down")
+        self.set_class(t.hidden_below is not None, "-hidden-below")
         self.set_text(body)
 
     def on_resize(self) -> None:
