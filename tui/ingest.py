@@ -64,6 +64,8 @@ class Ingest:
         max_messages: Most messages taken from the source per poll.
         chunk_weight: Most block events (or moves) folded per hold of the lock; the lock is
             released and taken again between chunks.
+        also_fold: Handed every polled batch before the model folds it (the session's live
+            miss-ratio curve, which takes the lock itself).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Ingest:
         clock: Callable[[], float] = time.monotonic,
         max_messages: int = 2000,
         chunk_weight: int = 4096,
+        also_fold: Callable[[Sequence[Any]], None] | None = None,
     ) -> None:
         self.model = model
         self.lock = lock
@@ -82,6 +85,7 @@ class Ingest:
         self.clock = clock
         self.max_messages = max_messages
         self.chunk_weight = chunk_weight
+        self.also_fold = also_fold
         #: Messages folded so far.
         self.folded = 0
         #: Batches taken from the source so far.
@@ -97,6 +101,8 @@ class Ingest:
         now = self.clock()
         if messages:
             self.batches += 1
+            if self.also_fold is not None:
+                self.also_fold(messages)
             self._fold(messages, now)
         counters = self.source.counters()
         stale, in_sync = self.source.stale, self.source.in_sync

@@ -30,11 +30,11 @@ from typing import Any, Final
 
 from tiertop.monitor.commands import AnyCommand
 from tiertop.monitor.framing import DecodeCounters
+from tiertop.monitor.mrc_feed import MrcFeed
 from tiertop.monitor.replay import Replayer
 from tiertop.monitor.state import StateModel
 
 from .control import Controller, Outcome
-from .mrc_feed import MrcFeed
 from .replay_status import ReplayStatus, fmt_position
 from .session import Session
 
@@ -140,6 +140,8 @@ class ReplaySession(Session):
                          clock=clock)
         self.replayer = replayer
         self.path = path
+        self.feed = MrcFeed(self.lock, clock=clock)  # what the screen reads is what we fold
+        self.mrc = self.feed
         self._unfed: list[Any] = []  # folded, not yet given to the miss-ratio curve
         replayer.listeners.append(lambda message, _record: self._unfed.append(message))
         with self.lock:
@@ -181,12 +183,13 @@ class ReplaySession(Session):
     def _feed_curve(self) -> None:
         """Give the miss-ratio curve what was folded since (hold the lock)."""
         if self._unfed:
-            self.mrc.fold(self._unfed)
+            self.feed.fold(self._unfed)
             self._unfed = []
 
     def _restart_curve(self) -> None:
         """A new curve from here on, knowing the runtime's tiers (hold the lock)."""
-        self.mrc = MrcFeed(self.lock, clock=self.clock)
+        self.feed = MrcFeed(self.lock, clock=self.clock)
+        self.mrc = self.feed
         self._unfed = [self.model.hello] if self.model.hello is not None else []
 
     def toggle(self) -> str:

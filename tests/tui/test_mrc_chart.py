@@ -11,7 +11,7 @@ from tiertop.monitor.mrc_view import MrcView, build_view
 from tiertop.tui.palette import Palette
 from tiertop.tui.widgets.mrc_chart import GUTTER, chart_grid, chart_text
 
-from .test_mrc_feed import loop_batches
+from tests.monitor.test_mrc_feed import loop_batches
 
 TIERS = [TierCapacity("dram", 64, 0.9, 0.8), TierCapacity("remote", 128, 0.9, 0.8),
          TierCapacity("disk", 512, 0.9, 0.8)]

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from tiertop.tui.mrc_feed import FeedChange
+from tiertop.monitor.mrc_feed import FeedChange, MrcFeed, MrcReading
 from tiertop.tui.screens.mrc import MrcScreen
 
-from .fakes import fake_session
+from tests.monitor.test_mrc_feed import loop_batches
+
+from .fakes import Script, fake_session
 from .helpers import SIZE, RecordingApp, step, until
-from .test_mrc_feed import loop_batches
 
 pytestmark = pytest.mark.asyncio
 
@@ -138,3 +139,42 @@ async def test_what_the_feed_did_is_said_where_the_curve_is() -> None:
         assert "PAUSED" not in text(screen.head)
         assert ("↓ sampling lowered to 0.02 3 s ago, the curve restarting then: the stream "
                 "made it sample 100,000 accesses/s (budget 2,000)") in text(screen.detail)
+
+
+class AnswerLater:
+    """An :class:`~tiertop.monitor.mrc_feed.MrcSource` that has nothing until the test gives it
+    a reading (an ingest process that has not answered yet)."""
+
+    def __init__(self) -> None:
+        self.latest: MrcReading | None = None
+        self.asked = 0
+
+    def reading(self) -> MrcReading | None:
+        self.asked += 1
+        return self.latest
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_it_waits_for_a_source_that_has_not_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    session, _, _, _ = fake_session(ticks=4)
+    source = AnswerLater()
+    monkeypatch.setattr(session, "mrc", source)
+    app = RecordingApp(session, refresh_s=30.0, slow_refresh_s=30.0)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_mrc(app, pilot)
+        assert source.asked and screen.reading is None
+        assert "waiting for the curve… nothing received from the feed yet" in text(screen.head)
+        assert "reading the curve…" in text(screen.chart)
+
+        feed = MrcFeed(clock=lambda: 0.0)  # what the other process folded and sent
+        script = Script()
+        feed.fold([script.hello(), *script.tick(), *loop_batches(80, 5)])
+        source.latest = feed.reading()
+        screen.refresh_view()
+        assert screen.reading is source.latest
+        head = text(screen.head)
+        assert "waiting" not in head and "400 accesses" in head and "max hit ratio 0.80" in head
+        assert "┌ dram 0.00" in text(screen.chart)
+        assert WHAT_IF_DRAM in text(screen.detail)

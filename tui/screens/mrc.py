@@ -1,12 +1,13 @@
 """The miss-ratio curve screen: what hit ratio each cache size would get, tiers marked on it.
 
 ``M`` opens it from the dashboard (a view: it works read-only, in model and simulator mode).
-It shows the LRU curve the session's :class:`~tiertop.tui.mrc_feed.MrcFeed` folds from the block
-events, each tier's current effective capacity marked on it with the hit ratio of all tiers down
-to it, the what-ifs ("if dram were twice as large..."), how many accesses were sampled at which
-rate, and says plainly when there is not enough data yet. It rebuilds the view once a second
-(:func:`~tiertop.monitor.mrc_view.build_view` under the session lock), not per message, and
-stands still while the dashboard's view is paused (``p``). Escape (or ``M``) goes back.
+It shows the LRU curve the session's :class:`~tiertop.monitor.mrc_feed.MrcSource` folds from the
+block events, each tier's current effective capacity marked on it with the hit ratio of all tiers
+down to it, the what-ifs ("if dram were twice as large..."), how many accesses were sampled at
+which rate, and says plainly when there is not enough data yet. It takes one
+:class:`~tiertop.monitor.mrc_feed.MrcReading` a second, not per message (from a feed beside it,
+or the latest one an ingest process sent; until there is one it says it is waiting), and stands
+still while the dashboard's view is paused (``p``). Escape (or ``M``) goes back.
 """
 
 from __future__ import annotations
@@ -21,19 +22,19 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from tiertop.monitor.mrc import TierCapacity
-from tiertop.monitor.mrc_view import MrcView, build_view
+from tiertop.monitor.mrc_feed import MIN_SAMPLED, FeedChange, MrcReading, MrcSource
+from tiertop.monitor.mrc_view import MrcView
 
 from ..format import fmt_bytes
-from ..mrc_feed import FeedChange
 from ..palette import Palette
 from ..session import Session
 from ..widgets.mrc_chart import MrcChart
 
-__all__ = ["MIN_SAMPLED", "MrcScreen", "change_text", "describe", "fmt_ago", "fmt_sampling",
-           "headline"]
+__all__ = ["MrcScreen", "change_text", "describe", "fmt_ago", "fmt_sampling", "headline",
+           "waiting_headline"]
 
-#: Sampled accesses before the curve is more than a rough sketch.
-MIN_SAMPLED: Final = 200
+#: What the screen says until its source has a curve to show.
+WAITING: Final = "waiting for the curve… nothing received from the feed yet"
 
 
 def fmt_sampling(rate: float) -> str:
@@ -65,14 +66,26 @@ def change_text(change: FeedChange, now: float) -> str:
             f"{change.why}")
 
 
+def _title(palette: Palette, policy: str, frozen: bool) -> Text:
+    out = Text(no_wrap=False)
+    out.append(" miss-ratio curve ", style=f"bold reverse {palette.primary}")
+    out.append(f" {policy.upper()} hit ratio ↑ vs cache size → (log) · Esc back")
+    if frozen:
+        out.append("  ❚❚ VIEW PAUSED (p)", style=f"bold {palette.warn}")
+    return out
+
+
+def waiting_headline(palette: Palette, *, frozen: bool = False) -> Text:
+    """The title, and that there is no curve yet (its source has not answered)."""
+    out = _title(palette, "lru", frozen)
+    out.append(f"\n{WAITING}", style=f"bold {palette.warn}")
+    return out
+
+
 def headline(view: MrcView, palette: Palette, *, frozen: bool = False,
              paused: FeedChange | None = None, now: float = 0.0) -> Text:
     """What the curve is, how much was sampled at which rate, and whether that is enough."""
-    out = Text(no_wrap=False)
-    out.append(" miss-ratio curve ", style=f"bold reverse {palette.primary}")
-    out.append(f" {view.policy.upper()} hit ratio ↑ vs cache size → (log) · Esc back")
-    if frozen:
-        out.append("  ❚❚ VIEW PAUSED (p)", style=f"bold {palette.warn}")
+    out = _title(palette, view.policy, frozen)
     out.append(f"\n{view.estimated_accesses:,} accesses · {view.sampled:,} sampled at rate "
                f"{fmt_sampling(view.rate)}")
     if view.sampled >= MIN_SAMPLED:
@@ -161,10 +174,9 @@ class MrcScreen(Screen[None]):
         self.palette = palette
         self.frozen = frozen
         self.refresh_s = refresh_s
-        self.view: MrcView | None = None
+        #: What is shown (kept while the view is frozen); None until the source has a curve.
+        self.reading: MrcReading | None = None
         self._frozen_shown = False
-        self._paused: FeedChange | None = None  # the pause shown, kept while the view is frozen
-        self._now = 0.0
         self.head = Static(id="mrc-head")
         self.chart = MrcChart(id="mrc-chart")
         self.detail = Static(id="mrc-detail")
@@ -189,26 +201,26 @@ class MrcScreen(Screen[None]):
             self.refresh_view()
 
     def refresh_view(self) -> None:
-        """Rebuild the view from the tracker (under the lock) and redraw."""
+        """Take the source's latest reading and redraw (ages are told on the feed's clock, the
+        one its changes carry, which may be another process's)."""
         frozen = self._frozen_shown = self.frozen()
-        if frozen and self.view is not None:
-            self.head.update(headline(self.view, self.palette, frozen=True, paused=self._paused,
-                                      now=self._now))
+        shown = self.reading
+        if frozen and shown is not None:
+            self.head.update(headline(shown.view, self.palette, frozen=True, paused=shown.paused,
+                                      now=shown.at))
             return
-        feed = self.session.mrc
-        with self.session.lock:
-            tracker = feed.tracker
-            view = build_view(tracker, min_sampled=MIN_SAMPLED)
-            tiers = tracker.tiers
-            block_bytes = tracker.block_bytes
-            change = feed.changes[-1] if feed.changes else None
-            paused = change if feed.paused else None
-        now = self._now = self.session.clock()
-        self.view, self._paused = view, paused
-        self.head.update(headline(view, self.palette, frozen=frozen, paused=paused, now=now))
-        self.chart.show(view, block_bytes, self.palette)
-        self.detail.update(describe(view, tiers, block_bytes, feed.max_keys, change, now,
-                                    self.palette))
+        source: MrcSource = self.session.mrc
+        reading = source.reading()
+        if reading is None:
+            self.head.update(waiting_headline(self.palette, frozen=frozen))
+            return
+        self.reading = reading
+        view, now = reading.view, reading.at
+        self.head.update(headline(view, self.palette, frozen=frozen, paused=reading.paused,
+                                  now=now))
+        self.chart.show(view, reading.block_bytes, self.palette)
+        self.detail.update(describe(view, reading.tiers, reading.block_bytes, reading.max_keys,
+                                    reading.change, now, self.palette))
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -1,18 +1,21 @@
 """The dashboard's miss-ratio-curve feed: folded from what the ingest polls, under the session
 lock in bounded chunks, restarted at a lower sampling rate when a stream samples too much, paused
-while following it costs too much CPU."""
+while following it costs too much CPU; read by the screen in one picklable reading."""
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from tiertop.monitor.mrc_feed import FeedChange, MrcFeed, MrcReading, MrcSource
 from tiertop.monitor.vllm_events import BlockStored, KvEventBatch
-from tiertop.tui.mrc_feed import MrcFeed
 
-from .fakes import FakeSource, Script
+from tests.tui.fakes import Script
 
 
 def stored(keys: Iterable[int], tier: str = "dram", seq: int = 0) -> KvEventBatch:
@@ -58,26 +61,6 @@ class CountingLock:
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
-
-
-def test_the_tap_folds_what_is_polled_and_forwards_the_source() -> None:
-    lock = threading.Lock()
-    feed = MrcFeed(lock, clock=lambda: 0.0, cpu_clock=FakeCpu())
-    source = FakeSource()
-    tapped = feed.tap(source)
-    batches = loop_batches(10, 4)
-    source.push(*batches)
-
-    assert tapped.poll(100) == batches
-    curve = feed.tracker.curve
-    assert curve.sampled == 40 and curve.rate == 1.0
-    assert curve.hit_ratio(10) == pytest.approx(0.75) and curve.hit_ratio(9) == 0.0
-    assert not lock.locked()
-    assert tapped.counters() is source.counters_value
-    source.stale, source.in_sync = True, False
-    assert tapped.stale and not tapped.in_sync
-    tapped.close()
-    assert source.closed
 
 
 def test_folding_takes_the_lock_per_chunk_of_events() -> None:
@@ -181,3 +164,49 @@ def test_the_feed_says_what_it_did_and_what_it_cost() -> None:
     assert [c["kind"] for c in stats["changes"]] == ["pause"]
     assert stats["changes"][0]["why"] == feed.changes[0].why
     assert stats["rate"] == 1.0 and stats["sampled"] == 5000  # the five folds before the pause
+
+
+def test_a_reading_is_what_the_screen_shows_and_it_pickles() -> None:
+    """It crosses a process boundary: an ingest process sends it to the dashboard."""
+    now = [7.0]
+    feed = MrcFeed(clock=lambda: now[0], cpu_clock=FakeCpu())  # a lock of its own
+    script = Script()
+    feed.fold([script.hello(), *script.tick(), *loop_batches(80, 5)])
+    feed.paused = True
+    feed.changes.append(FeedChange(5.0, "pause", 1.0, "too heavy"))
+
+    reading = feed.reading()
+    assert not feed.lock.locked()
+    assert reading.at == 7.0 and reading.max_keys == feed.max_keys
+    assert reading.view.sampled == 400 and reading.view.max_hit_ratio == pytest.approx(0.8)
+    assert [t.name for t in reading.tiers] == ["dram", "remote", "disk"]
+    assert reading.block_bytes == 16384
+    assert reading.change is reading.paused is feed.changes[-1]
+    assert reading.view.marks and reading.view.what_ifs  # tiers and what-ifs travel too
+
+    copy = pickle.loads(pickle.dumps(reading))
+    assert isinstance(copy, MrcReading) and copy == reading and copy.view == reading.view
+
+    feed.paused = False
+    resumed = feed.reading()
+    assert resumed.paused is None and resumed.change == reading.change
+
+
+def test_the_warm_up_threshold_is_the_readers_choice() -> None:
+    feed = MrcFeed(clock=lambda: 0.0, cpu_clock=FakeCpu())
+    feed.fold(loop_batches(50, 1))
+    assert feed.reading().view.status.startswith("warming up: 50 sampled")
+    assert feed.reading(min_sampled=10).view.status.startswith("50 accesses")
+
+
+def test_a_feed_is_an_mrc_source() -> None:
+    source: MrcSource = MrcFeed(clock=lambda: 0.0)
+    assert source.reading() is not None and source.stats()["sampled"] == 0
+
+
+def test_the_feed_runs_without_the_dashboard() -> None:
+    """An ingest process imports it: no Textual, nothing from ``tiertop.tui``."""
+    code = ("import sys, tiertop.monitor.mrc_feed; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual' "
+            "or m.startswith('tiertop.tui')); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

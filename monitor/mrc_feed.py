@@ -1,9 +1,10 @@
 """The dashboard's live miss-ratio curve: an MrcTracker fed by the ingest, at a bounded cost.
 
 The tracker (:class:`~tiertop.monitor.mrc.MrcTracker`) folds the same decoded messages as the
-state model, in the ingest worker and under the session lock, never on the UI thread:
-:meth:`MrcFeed.tap` wraps the session's source, so every batch the ingest polls is folded into
-the tracker first, at most ``chunk_events`` block events per hold of the lock.
+state model, in the ingest (a worker thread beside the dashboard, under the session lock, or
+the ingest process of :mod:`~tiertop.monitor.ingest_process`), never on the UI thread: the
+ingest hands it every batch it polls before folding it into the model
+(:meth:`MrcFeed.fold_locked`: at most ``chunk_events`` block events per hold of the lock).
 
 SHARDS costs microseconds per *sampled* access, so the sampling rate decides most of the cost.
 The feed starts by sampling every block (rate 1: the exact LRU curve, which the small streams of
@@ -17,6 +18,10 @@ more than ``cpu_limit`` of a core anyway (a heavy stream: the dashboard's own fi
 first), the curve pauses: block events are counted, not folded, and it restarts once they would
 cost less than half the limit. :attr:`MrcFeed.changes` says what happened when and why; the
 screen shows it.
+
+The screen reads the feed through :class:`MrcSource`: one :meth:`~MrcSource.reading` call that
+returns plain, picklable data (:class:`MrcReading`), so the feed can run here, beside the screen
+(replay, tests), or in another process that sends its readings over. It never imports Textual.
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from tiertop.monitor.mrc import DEFAULT_MAX_KEYS, MissRatioCurve, MrcTracker
-from tiertop.monitor.vllm_events import KvEventBatch
+from .mrc import DEFAULT_MAX_KEYS, MissRatioCurve, MrcTracker, TierCapacity
+from .mrc_view import MrcView, build_view
+from .vllm_events import KvEventBatch
 
-from .ingest import Source
-
-__all__ = ["DEFAULT_BUDGET_PER_S", "DEFAULT_CPU_LIMIT", "FeedChange", "MrcFeed", "TappedSource"]
+__all__ = ["DEFAULT_BUDGET_PER_S", "DEFAULT_CPU_LIMIT", "MIN_SAMPLED", "FeedChange", "MrcFeed",
+           "MrcReading", "MrcSource"]
 
 #: Sampled accesses a second the feed aims to stay under (a few microseconds each).
 DEFAULT_BUDGET_PER_S: Final = 2000.0
@@ -40,23 +45,53 @@ DEFAULT_BUDGET_PER_S: Final = 2000.0
 OVERSHOOT: Final = 2.0
 #: Share of one core the curve may take before it pauses.
 DEFAULT_CPU_LIMIT: Final = 0.05
+#: Sampled accesses before the curve is more than a rough sketch.
+MIN_SAMPLED: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
 class FeedChange:
     """Something the feed did to the curve, and why (for the screen)."""
 
-    at: float  # session clock
+    at: float  # feed clock
     kind: str  # "rate" (restarted at a lower rate), "pause" or "resume" (restarted)
     rate: float  # the sampling rate from then on
     why: str
+
+
+@dataclass(frozen=True, slots=True)
+class MrcReading:
+    """Everything the screen shows of the curve, taken at once: plain data, so that it can
+    cross a process boundary (it pickles)."""
+
+    view: MrcView
+    tiers: tuple[TierCapacity, ...]
+    block_bytes: int
+    max_keys: int
+    change: FeedChange | None  # the latest
+    paused: FeedChange | None  # the pause, while the curve is paused
+    at: float  # feed clock when taken
+
+
+class MrcSource(Protocol):
+    """Where the screen gets the curve: a feed beside it, or one in another process."""
+
+    def reading(self) -> MrcReading | None:
+        """The latest reading (None: nothing received yet, e.g. the other process has not
+        answered)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """What the feed did and what it cost (see :meth:`MrcFeed.stats`)."""
+        ...
 
 
 class MrcFeed:
     """Keeps the session's :class:`MrcTracker`, and its cost within a budget.
 
     Args:
-        lock: The session lock (held while folding; the screen reads under it).
+        lock: Held while folding and while taking a reading: the session lock when the ingest
+            shares its thread with others (default: a lock of its own).
         clock: Monotonic seconds (the session's).
         budget_per_s: Sampled accesses a second to stay under (None: never lower the rate).
         cpu_limit: Share of one core the curve may take (None: no limit).
@@ -70,7 +105,7 @@ class MrcFeed:
 
     def __init__(
         self,
-        lock: threading.Lock,
+        lock: threading.Lock | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         budget_per_s: float | None = DEFAULT_BUDGET_PER_S,
@@ -82,7 +117,7 @@ class MrcFeed:
         chunk_events: int = 4096,
         min_rate: float = 1e-4,
     ) -> None:
-        self.lock = lock
+        self.lock = lock if lock is not None else threading.Lock()
         self.clock = clock
         self.budget_per_s = budget_per_s
         self.cpu_limit = cpu_limit
@@ -104,10 +139,6 @@ class MrcFeed:
         self.event_folds = 0
         self.cpu_s = 0.0
         self._new_window(clock())
-
-    def tap(self, source: Source) -> TappedSource:
-        """``source``, with every polled batch folded into the tracker before it is returned."""
-        return TappedSource(source, self)
 
     def fold(self, messages: Sequence[Any]) -> None:
         """Fold decoded messages (the caller holds the lock), then keep to the budget."""
@@ -146,6 +177,21 @@ class MrcFeed:
             start = end
             if start < n:
                 time.sleep(0)
+
+    def reading(self, min_sampled: int = MIN_SAMPLED) -> MrcReading:
+        """The curve's view and what the screen shows beside it, taken under the lock."""
+        with self.lock:
+            tracker = self.tracker
+            change = self.changes[-1] if self.changes else None
+            return MrcReading(
+                view=build_view(tracker, min_sampled=min_sampled),
+                tiers=tuple(tracker.tiers),
+                block_bytes=tracker.block_bytes,
+                max_keys=self.max_keys,
+                change=change,
+                paused=change if self.paused else None,
+                at=self.clock(),
+            )
 
     def stats(self) -> dict[str, Any]:
         """What the feed did and what it cost, as plain figures (``tiertop dash --stats-out``)."""
@@ -212,31 +258,3 @@ class MrcFeed:
         self.tracker = tracker
         self.paused = False
         self._new_window(now)
-
-
-class TappedSource:
-    """A :class:`~tiertop.tui.ingest.Source` whose polled batches the feed folds first."""
-
-    def __init__(self, source: Source, feed: MrcFeed) -> None:
-        self.source = source
-        self.feed = feed
-
-    def poll(self, max_messages: int = 1000, timeout_ms: float = 0) -> list[Any]:
-        messages = self.source.poll(max_messages, timeout_ms)
-        if messages:
-            self.feed.fold_locked(messages)
-        return messages
-
-    def counters(self) -> Any:
-        return self.source.counters()
-
-    @property
-    def stale(self) -> bool:
-        return self.source.stale
-
-    @property
-    def in_sync(self) -> bool:
-        return self.source.in_sync
-
-    def close(self) -> None:
-        self.source.close()
