@@ -18,13 +18,14 @@ loopback.
   history is redrawn over the new window) to the pty until the frame that names the new window
   (``zoom 5m`` …) has come out of it whole, up to the end of its synchronized update, when a
   terminal draws it; 99th percentile of many presses at irregular intervals. The CPU share of
-  the dashboard's UI thread and of its other threads (ingest, terminal I/O) over the frame
-  count's window are reported beside it.
-* ``rss_growth_mb_per_hour``: the dashboard's resident memory over a soak fed by a simulated
-  runtime whose clock runs ``--speed`` times faster than the wall clock (tier statistics every
-  virtual second, requests, moves and block events at matching rates); the slope of a
-  least-squares line through RSS samples after a warm-up, per hour of telemetry. The slope per
-  wall-clock hour is reported beside it.
+  the dashboard's UI thread, of its other threads (folding, terminal I/O) and of its ingest
+  process (decoding, block residency, the live MRC) over the frame count's window are
+  reported beside it.
+* ``rss_growth_mb_per_hour``: the resident memory of the dashboard and its ingest process
+  together over a soak fed by a simulated runtime whose clock runs ``--speed`` times faster
+  than the wall clock (tier statistics every virtual second, requests, moves and block events
+  at matching rates); the slope of a least-squares line through RSS samples after a warm-up,
+  per hour of telemetry. The slope per wall-clock hour is reported beside it.
 """
 
 from __future__ import annotations
@@ -300,19 +301,29 @@ class Terminal:
         self._expect(marker, until_frame_end=False)
         return self._found.wait(timeout)
 
-    def thread_cpu(self) -> tuple[float, float]:
-        """CPU seconds of the dashboard's main (UI) thread and of all its other threads."""
-        pid = self.proc.pid
-        ui = other = 0.0
-        for t in psutil.Process(pid).threads():
-            if t.id == pid:
+    def thread_cpu(self) -> tuple[float, float, float]:
+        """CPU seconds of the dashboard's main (UI) thread, of all its other threads, and of
+        its child processes (the ingest process)."""
+        process = psutil.Process(self.proc.pid)
+        ui = other = children = 0.0
+        for t in process.threads():
+            if t.id == process.pid:
                 ui += t.user_time + t.system_time
             else:
                 other += t.user_time + t.system_time
-        return ui, other
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                cpu = child.cpu_times()
+                children += cpu.user + cpu.system
+        return ui, other, children
 
     def rss(self) -> int:
-        rss: int = psutil.Process(self.proc.pid).memory_info().rss
+        """Resident memory of the dashboard and its ingest process together."""
+        process = psutil.Process(self.proc.pid)
+        rss: int = process.memory_info().rss
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                rss += child.memory_info().rss
         return rss
 
     def quit(self) -> int | None:
@@ -390,6 +401,10 @@ def load_phase(seconds: float, presses: int, events_per_s: float) -> dict[str, A
         "dashboard_cpu_s": cpu.user + cpu.system,
         "ui_thread_cpu_share": (threads1[0] - threads0[0]) / (t1 - t0),
         "other_threads_cpu_share": (threads1[1] - threads0[1]) / (t1 - t0),
+        "ingest_process_cpu_share": (threads1[2] - threads0[2]) / (t1 - t0),
+        "mrc_followed": not stats.get("mrc", {}).get("paused", True),
+        "mrc_ns_per_event": stats.get("mrc", {}).get("ns_per_event"),
+        "mrc_changes": [c["kind"] for c in stats.get("mrc", {}).get("changes", [])],
         "dashboard_exit": code,
     }
 
@@ -458,7 +473,8 @@ def main() -> None:
                f"p50 {load['key_p50_ms']:.1f} ms, {load['key_presses']} presses, "
                f"{load['key_missed']} missed; CPU: UI thread "
                f"{load['ui_thread_cpu_share']:.0%}, other threads "
-               f"{load['other_threads_cpu_share']:.0%}" if load["key_p50_ms"] is not None
+               f"{load['other_threads_cpu_share']:.0%}, ingest process "
+               f"{load['ingest_process_cpu_share']:.0%}" if load["key_p50_ms"] is not None
                else ""),
         Figure("rss_growth_mb_per_hour", round(soak["mb_per_virtual_hour"], 2), "MB/h",
                "<= 10",

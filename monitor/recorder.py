@@ -60,6 +60,7 @@ __all__ = [
     "RecorderCounters",
     "RecorderProcess",
     "RecordingSubscriber",
+    "check_record_path",
     "finish_runtime_recording",
     "record_runtime",
     "start_recorder",
@@ -521,6 +522,22 @@ def start_recorder(path: str | os.PathLike[str], *args: Any, **options: Any) -> 
     """
     _refuse_non_recording(path)
     return Recorder(path, *args, overwrite=True, **options).start()
+
+
+def check_record_path(path: str | os.PathLike[str]) -> None:
+    """Check now that ``--record FILE`` can be written, for a recorder started later
+    (elsewhere): the same refusals as :func:`start_recorder`, and the file can be created.
+
+    Raises:
+        RecordingError: ``path`` is an existing file that is not a recording.
+        OSError: The file cannot be created.
+    """
+    _refuse_non_recording(path)
+    existed = os.path.exists(path)
+    with open(path, "ab"):
+        pass
+    if not existed:
+        os.unlink(path)
 
 
 def _refuse_non_recording(path: str | os.PathLike[str]) -> None:

@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
             write_stats(args.stats_out, app, session)
     finally:
         session.close()
-        if session.recorder is not None:
-            print(session.recorder.summary_line(), flush=True)
+        if (summary := session.record_summary()) is not None:
+            print(summary, flush=True)
     return 0
 
 

@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
         code = runtime.stop()
         if args.keep_log:
             print(f"runtime log: {runtime.log_path}", flush=True)
-        if session.recorder is not None:
-            print(session.recorder.summary_line(), flush=True)
+        if (summary := session.record_summary()) is not None:
+            print(summary, flush=True)
     if code not in (0, None, -signal.SIGTERM):
         err(f"the {what} exited with status {code}")
     return app.return_code or 0

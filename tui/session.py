@@ -18,15 +18,16 @@ from typing import Any
 
 import zmq
 from tiertop.monitor.control_client import ControlClient
+from tiertop.monitor.ingest_process import IngestProcess, IngestSpec
+from tiertop.monitor.mrc_feed import MrcFeed, MrcSource
 from tiertop.monitor.protocol import CAP_READ_ONLY, TOPIC_HELLO, Hello
-from tiertop.monitor.recorder import Recorder, RecordingSubscriber
+from tiertop.monitor.recorder import RecorderCounters
 from tiertop.monitor.security import ClientCurve
 from tiertop.monitor.state import StateModel
 from tiertop.monitor.subscriber import TelemetrySubscriber
 
 from .control import Controller
 from .ingest import Ingest, Source
-from .mrc_feed import MrcFeed
 from .replay_status import RecordStatus, Tape
 
 __all__ = ["Endpoints", "Session", "connect_live", "probe_hello"]
@@ -76,32 +77,42 @@ class Session:
         self.attach = attach
         self.ingest: Ingest | None = None
         #: The live miss-ratio curve, folded by the ingest from the same stream as the model.
-        self.mrc = MrcFeed(self.lock, clock=clock)
+        self.mrc: MrcSource = MrcFeed(self.lock, clock=clock)
         #: A line about what is happening while not attached ("starting runtime…").
         self.note = ""
         #: Why the session cannot go on ("" when fine), e.g. the runtime exited.
         self.error = ""
         #: Shown as warnings when the dashboard opens (e.g. what is damaged in a recording).
         self.warnings: list[str] = []
-        #: Writes what this session folds (``--record``; see :meth:`record_to`).
-        self.recorder: Recorder | None = None
+        #: Where this session records what it folds (``--record``; see :meth:`record_to`).
+        self.record_path: str | None = None
+        self.record_meta: dict[str, Any] = {}
         self._closers: list[Callable[[], None]] = []
         self.closed = False
 
     # ------------------------------------------------------------------------------ wiring
 
-    def attach_source(self, source: Source) -> Ingest:
-        """Feed the model (and the miss-ratio curve) from ``source`` (the caller starts the
-        ingest thread or steps it)."""
-        self.ingest = Ingest(self.model, self.lock, self.mrc.tap(source), clock=self.clock)
+    def attach_source(self, source: Source, mrc: MrcSource | None = None) -> Ingest:
+        """Feed the model from ``source`` (the caller starts the ingest thread or steps it).
+
+        ``mrc``: where the miss-ratio curve comes from when the source folds it itself (a live
+        :class:`~tiertop.monitor.ingest_process.IngestProcess`); without it the session's own
+        feed folds what the ingest polls."""
+        also_fold = None
+        if mrc is not None:
+            self.mrc = mrc
+        elif isinstance(self.mrc, MrcFeed):
+            also_fold = self.mrc.fold_locked
+        self.ingest = Ingest(self.model, self.lock, source, clock=self.clock,
+                             also_fold=also_fold)
         return self.ingest
 
-    def record_to(self, recorder: Recorder) -> None:
-        """Record the stream this session folds (``--record``): :func:`connect_live` makes
-        its subscriber hand the recorder every message it delivers; the file is finished when
-        the session closes, after the ingest stopped."""
-        self.recorder = recorder
-        self.on_close(recorder.close)
+    def record_to(self, path: str, meta: dict[str, Any] | None = None) -> None:
+        """Record the stream this session folds to ``path`` (``--record``): the live
+        connection's ingest process records every message it delivers; the file is finished
+        when the session closes."""
+        self.record_path = path
+        self.record_meta = dict(meta or {})
 
     def on_close(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` when the session closes (after the ingest stopped), last added first; at
@@ -133,11 +144,26 @@ class Session:
 
     def tape(self) -> Tape | None:
         """What the status line says about a recording (None: this session writes none)."""
-        recorder = self.recorder
-        if recorder is None:
+        if self.record_path is None:
             return None
-        counters = recorder.counters()
-        return RecordStatus(recorder.path, counters.file_bytes, counters.error)
+        counters = self._record_counters()
+        if counters is None:  # not connected yet
+            return RecordStatus(self.record_path, 0)
+        return RecordStatus(self.record_path, counters.file_bytes, counters.error)
+
+    def record_summary(self) -> str | None:
+        """One line on what was recorded (None: this session records nothing)."""
+        if self.record_path is None:
+            return None
+        counters = self._record_counters()
+        if counters is None:
+            return f"nothing recorded to {self.record_path}: the dashboard never connected"
+        return counters.summary_line(self.record_path)
+
+    def _record_counters(self) -> RecorderCounters | None:
+        source = self.ingest.source if self.ingest is not None else None
+        recorder_counters = getattr(source, "recorder_counters", None)
+        return recorder_counters() if recorder_counters is not None else None
 
     def controls_disabled(self) -> str:
         """Why controls are off ("" when they are on)."""
@@ -184,31 +210,24 @@ def connect_live(
     *,
     curve: ClientCurve | None = None,
     hello_timeout_s: float = 3.0,
-) -> TelemetrySubscriber:
-    """Connect ``session`` to a runtime: subscriber (with replay when known or announced) and
-    control address (given, or announced). Returns the subscriber, already attached."""
-    context: zmq.Context[Any] = zmq.Context(io_threads=1)
-    if curve is not None:
-        # Context defaults apply to every socket the subscriber creates, reconnects included.
-        context.setsockopt(zmq.CURVE_SERVERKEY, curve.server_public_key)
-        context.setsockopt(zmq.CURVE_PUBLICKEY, curve.keys.public_key)
-        context.setsockopt(zmq.CURVE_SECRETKEY, curve.keys.secret_key)
-    session.on_close(lambda: context.term())
+) -> IngestProcess:
+    """Connect ``session`` to a runtime: an ingest process subscribed to its telemetry (with
+    replay when known or announced) and the control address (given, or announced). Returns
+    the ingest process, already attached."""
     replay, control = endpoints.replay, endpoints.control
     if replay is None or control is None:
         session.note = f"waiting for the runtime's hello on {endpoints.telemetry}…"
-        hello = probe_hello(endpoints.telemetry, context, hello_timeout_s)
+        hello = _probe_with(endpoints.telemetry, curve, hello_timeout_s)
         if hello is not None:
             if replay is None and hello.addresses.get("replay"):
                 replay = _fix_host(hello.addresses["replay"], endpoints.telemetry)
             if control is None and hello.addresses.get("control"):
                 control = _fix_host(hello.addresses["control"], endpoints.telemetry)
-    recorder = session.recorder
-    subscriber = (
-        TelemetrySubscriber(endpoints.telemetry, replay, context=context) if recorder is None
-        else RecordingSubscriber(endpoints.telemetry, replay, context=context, recorder=recorder)
-    )
-    session.on_close(subscriber.close)  # before context.term (closers run last added first)
+    source = IngestProcess(IngestSpec(
+        endpoints.telemetry, replay, curve=curve, record_path=session.record_path,
+        record_meta=session.record_meta,
+    ))
+    session.on_close(source.close)  # at once when the user quit while we connected
     if control is not None:
         session.controller.address = control
     if curve is not None:
@@ -218,5 +237,17 @@ def connect_live(
     session.target = endpoints.telemetry
     session.note = ""
     if not session.closed:
-        session.attach_source(subscriber)
-    return subscriber
+        session.attach_source(source, mrc=source.mrc)
+    return source
+
+
+def _probe_with(telemetry: str, curve: ClientCurve | None, timeout_s: float) -> Hello | None:
+    context: zmq.Context[Any] = zmq.Context(io_threads=1)
+    try:
+        if curve is not None:
+            context.setsockopt(zmq.CURVE_SERVERKEY, curve.server_public_key)
+            context.setsockopt(zmq.CURVE_PUBLICKEY, curve.keys.public_key)
+            context.setsockopt(zmq.CURVE_SECRETKEY, curve.keys.secret_key)
+        return probe_hello(telemetry, context, timeout_s)
+    finally:
+        context.term()
