@@ -722,10 +722,10 @@ class Hierarchy:
         else:
             nbytes = self._detach(tier, key)
         tier.counters.bytes_out += nbytes
-        if destination is not None:
-            tier.counters.demotions_out += 1
-            if self._insert(destination, key, nbytes, block, _DEMOTE, tier) is not None:
-                return True
+        if (destination is not None
+                and self._insert(destination, key, nbytes, block, _DEMOTE, tier) is not None):
+            tier.counters.demotions_out += 1  # a failed one is a drop, counted once
+            return True
         tier.counters.drops += 1
         self.drops += 1
         if self.sink is not None:

@@ -192,6 +192,9 @@ class HierarchyMachine(RuleBasedStateMachine):
         evicted = sum(t.counters.evictions for t in h.tiers)
         demoted_out = sum(t.counters.demotions_out for t in h.tiers)
         assert demoted_out <= evicted
+        # a demotion is counted out of one tier exactly when it lands in another (a failed one
+        # is a drop, and only that)
+        assert demoted_out == sum(t.counters.demotions_in for t in h.tiers)
         order = [t.name for t in h.tiers]
         for event in self.sink.of_kind(EventKind.DEMOTE):
             assert event.tier is not None and event.to_tier is not None
