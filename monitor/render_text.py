@@ -62,8 +62,10 @@ def watch_record(
     Returns:
         ``{"source", "mode", "epoch", "clock", "age_s", "stale", "messages", "gaps",
         "recovered", "unrecovered", "dropped_messages", "dropped_events", "restarts",
-        "control_rtt_s", "window_s", "service": {...}, "tiers": [{...}, ...]}``; undefined
-        values are None.
+        "control_rtt_s", "window_s", "service": {...}, "tiers": [{...}, ...],
+        "other_tiers": [...]}``: ``tiers`` those with data
+        (:meth:`~tiertop.monitor.state.StateModel.tier_has_data`), ``other_tiers`` the names
+        only a fault or health event gave; undefined values are None.
     """
     window = model.window_s if window_s is None else window_s
     health = model.source_health(now)
@@ -90,9 +92,13 @@ def watch_record(
         "promotion_policy": stats.promotion_policy if stats is not None else "",
     }
     tiers: list[dict[str, Any]] = []
+    other_tiers: list[str] = []
     for name in model.tier_names():
         tier = model.tier(name)
         assert tier is not None
+        if not model.tier_has_data(name):
+            other_tiers.append(name)
+            continue
         w = model.tier_window(name, window)
         s = tier.sample
         info = tier.info
@@ -144,6 +150,7 @@ def watch_record(
         "window_s": window,
         "service": service,
         "tiers": tiers,
+        "other_tiers": other_tiers,
     }
 
 
@@ -297,4 +304,8 @@ def render_table(record: dict[str, Any], address: str = "") -> str:
                 ]
             )
         )
+    other = record.get("other_tiers") or []
+    if other:
+        names = ", ".join(other) if len(other) <= 3 else f"{other[0]} … {other[-1]}"
+        lines.append(f"+{len(other)} tiers known only from fault events ({names})")
     return "\n".join(lines)

@@ -418,6 +418,7 @@ class TierState:
         resident_blocks: Resident blocks per block events / snapshots.
         blocks_exact: ``resident_blocks`` counts tracked hashes (False: an estimate, stored
             minus removed, e.g. over the cap or after a snapshot without hashes).
+        in_block_events: Block events (or a snapshot's residency) named it.
     """
 
     name: str
@@ -429,6 +430,7 @@ class TierState:
     faults: list[str] = field(default_factory=list)
     resident_blocks: int = 0
     blocks_exact: bool = True
+    in_block_events: bool = False
 
     @property
     def kind(self) -> str:
@@ -815,6 +817,7 @@ class StateModel:
         for name, blocks in digest.resident.items():
             tier = tiers.get(name) or self._tier(name)
             tier.resident_blocks = blocks
+            tier.in_block_events = True
         untracked = digest.untracked
         for tier in tiers.values():
             tier.blocks_exact = tier.name not in untracked
@@ -977,6 +980,7 @@ class StateModel:
             tier = self._tier(summary.tier)
             tier.resident_blocks = summary.blocks
             tier.blocks_exact = self.residency.tracked(summary.tier)
+            tier.in_block_events = True
         self._log(t, m.clock, "resync", item=f"snapshot applied ({len(m.topic_seqs)} topics)")
 
     # ================================================================================ queries
@@ -984,6 +988,17 @@ class StateModel:
     def tier_names(self) -> list[str]:
         """Tier names, fastest first (Hello's order, then tiers seen only elsewhere)."""
         return list(self._order)
+
+    def tier_has_data(self, name: str) -> bool:
+        """Whether ``name`` is a tier to show: the runtime's Hello lists it, or tier statistics
+        or block events named it. Tiers only fault or health events named (the simulator's
+        per-rack pools, ``pool@R``, whose traffic the ``pool`` tier carries) are not; without
+        a Hello (a real engine's block events) every tier is."""
+        tier = self._tiers.get(name)
+        if tier is None:
+            return False
+        return (self.hello is None or tier.info is not None or tier.sample is not None
+                or tier.in_block_events)
 
     def tier(self, name: str) -> TierState | None:
         """The state of one tier (None when unknown)."""

@@ -415,9 +415,9 @@ class PhaseSummarizer:
         result = PhaseResult(phase.name, phase.start_s, end_s, complete)
         migrations = 0.0
         evictions = 0.0
-        hello = model.hello
-        known = {t.name for t in hello.tiers} if hello is not None else None
         for name in model.tier_names():
+            if not model.tier_has_data(name):
+                continue  # only a fault or health event named it: an empty row says nothing
             c = o.counts.get(name, dict.fromkeys(COUNTERS, 0.0))
             w = model.tier_window(name, window) if not empty and window else {}
             tier = model.tier(name)
@@ -432,10 +432,6 @@ class PhaseSummarizer:
             row["get_p99_s"] = w.get("get_p99_s")
             row["get_mean_s"] = w.get("get_mean_s")
             row = {k: _clean(v) for k, v in row.items()}
-            if known is not None and name not in known and not any(row.values()):
-                # Only a fault or health event named it (the simulator's per-rack pools,
-                # ``pool@R``, whose traffic is in ``pool``): an empty row says nothing.
-                continue
             result.tiers[name] = row
             migrations += c["promotions"] + c["demotions"]
             evictions += c["evictions"]

@@ -240,15 +240,6 @@ _EVENT_MESSAGES: Final = ("TierMoves", "ControlChange", "FaultEvent", "HealthCha
                           "Snapshot")
 
 
-def _has_panel_data(model: StateModel, tier: TierState) -> bool:
-    """Whether a tier has anything for a panel to draw: the runtime's Hello lists it, or a
-    TierStats sample or block events named it. The headless summary drops such tiers by the
-    same test, written inline there (``monitor/summary.py``: not in Hello, an empty row); as
-    there, a source without a Hello (a real engine's block events) keeps every tier."""
-    return (model.hello is None or tier.info is not None or tier.sample is not None
-            or tier.resident_blocks > 0)
-
-
 def _panel_tiers(model: StateModel) -> tuple[list[str], HiddenTiers]:
     """The tiers that get a panel, and those left without one (all of them get a panel when
     none has data: a note needs a panel to sit in)."""
@@ -256,7 +247,7 @@ def _panel_tiers(model: StateModel) -> tuple[list[str], HiddenTiers]:
     hidden: list[TierState] = []
     for name in model.tier_names():
         tier = model.tier(name)
-        if tier is None or _has_panel_data(model, tier):
+        if tier is None or model.tier_has_data(name):
             shown.append(name)
         else:
             hidden.append(tier)

@@ -20,6 +20,7 @@ from tiertop.monitor.framing import MessageCodec, encode_seq
 from tiertop.monitor.protocol import (
     TOPIC_HELLO,
     TOPIC_STATS,
+    FaultEvent,
     Hello,
     RequestDone,
     TierInfo,
@@ -317,3 +318,13 @@ def test_render_table_of_an_empty_and_a_fed_model() -> None:
     rows = text.splitlines()[3:]
     assert [r.split()[0] for r in rows] == ["dram", "disk"]
     assert json.loads(json.dumps(record)) == record  # plain data, stable keys
+
+    # Tiers only fault events name (the simulator's rack pools) get no row, one line instead.
+    for rack in range(4):
+        model.fold(FaultEvent(epoch=HELLO.epoch, clock=1001.0, tier=f"pool@{rack}",
+                              fault="slow", old="inactive", new="active"))
+    record = watch_record(model, now=14.5)
+    assert [t["name"] for t in record["tiers"]] == ["dram", "disk"]
+    assert record["other_tiers"] == ["pool@0", "pool@1", "pool@2", "pool@3"]
+    last = render_table(record).splitlines()[-1]
+    assert last == "+4 tiers known only from fault events (pool@0 … pool@3)"

@@ -121,6 +121,7 @@ def test_tiers_only_named_by_fault_events_get_no_empty_rows() -> None:
         if i == hello_index:
             assert isinstance(message, Hello)
             message.tiers.append(msgspec.structs.replace(message.tiers[0], name="idle"))
+            decoder.normalizer.add_known(t.name for t in message.tiers)  # as a subscriber does
         summarizer.fold(message, r)
         if i == 20:
             summarizer.fold(FaultEvent(tier="pool@3", fault="down", old="inactive",
