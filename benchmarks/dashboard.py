@@ -389,6 +389,7 @@ def load_phase(seconds: float, presses: int, events_per_s: float) -> dict[str, A
         "measure_s": t1 - t0,
         "key_p99_ms": p99 * 1e3 if p99 is not None else None,
         "key_p50_ms": statistics.median(latencies) * 1e3 if latencies else None,
+        "key_slowest_ms": [round(x * 1e3, 1) for x in latencies[-5:]],
         "key_presses": presses,
         "key_missed": missed,
         "offered_events_per_s": sent.get("sent_events", 0) / max(sent.get("seconds", 1), 1e-9),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import socket
 import subprocess
@@ -51,6 +52,8 @@ __all__ = ["IngestProcess", "IngestProcessDied", "IngestSpec", "MrcFromChild"]
 SILENT_CHILD_S: Final = 2.0
 #: How long a closing child may take to finish (the recording's last chunk included).
 CLOSE_TIMEOUT_S: Final = 15.0
+#: The child yields the CPU to the dashboard when both want it (a busy machine): keys first.
+INGEST_NICENESS: Final = 10
 #: Most restarts of a dying child before giving up.
 MAX_RESTARTS: Final = 5
 
@@ -148,6 +151,7 @@ def child_entry(fd: int) -> None:  # pragma: no cover - runs in the child
     until told to stop or the parent is gone. Its own session: the terminal's signals are the
     dashboard's; a plain SIGTERM ends it the orderly way (recording finished)."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    os.nice(INGEST_NICENESS)
     conn = Connection(fd)
     spec: IngestSpec = conn.recv()
     try:

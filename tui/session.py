@@ -4,7 +4,9 @@
 *attached* to a telemetry source: at once (tests hand it a fake source), or later by an
 ``attach`` callable the app runs in a worker thread (``tiertop demo`` waits there for the runtime
 it started to print its addresses; ``tiertop dash`` connects and learns the replay and control
-addresses from the runtime's Hello). :func:`connect_live` is that connection.
+addresses from the runtime's Hello). :func:`connect_live` is that connection: a live session
+reads an :class:`~tiertop.monitor.ingest_process.IngestProcess`, which decodes the stream and
+folds block events in a child process, so the UI thread never waits behind them.
 """
 
 from __future__ import annotations

@@ -254,3 +254,23 @@ def test_the_child_finishes_the_recording_when_its_parent_is_killed(
         replayer = Replayer(rec)
         replayer.run_until(None)
     assert replayer.model.messages["TierStats"] == 10
+
+
+def test_the_child_reads_a_curve_runtime_with_the_dashboards_keys(tmp_path: Path) -> None:
+    from tests.monitor.test_curve_telemetry import keys
+
+    server, alice, mallory = keys(tmp_path)
+    with TelemetryPublisher("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", hello=HELLO,
+                            curve=server, heartbeat_interval_s=0.05) as pub:
+        good = IngestProcess(IngestSpec(pub.address, pub.replay_address, curve=alice))
+        bad = IngestProcess(IngestSpec(pub.address, pub.replay_address, curve=mallory))
+        try:
+            model = StateModel()
+            drain_into(model, good, lambda: model.hello is not None)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                assert bad.poll(100, timeout_ms=50) == []
+            assert bad.counters().received == 0
+        finally:
+            good.close()
+            bad.close()
