@@ -30,14 +30,6 @@ TIERS = ("dram", "remote", "disk")
 HELLO = Hello(mode="sim", tiers=[TierInfo(name=t, kind=t, capacity_bytes=1 << 20) for t in TIERS])
 
 
-@pytest.fixture
-def closers() -> Iterator[list[Callable[[], None]]]:
-    fns: list[Callable[[], None]] = []
-    yield fns
-    for fn in reversed(fns):
-        fn()
-
-
 def publisher(closers: list[Callable[[], None]], clock: list[float]) -> TelemetryPublisher:
     pub = TelemetryPublisher("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", hello=HELLO,
                              clock=lambda: clock[0], heartbeat_interval_s=0.05,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -42,14 +42,6 @@ from tiertop.runtime.publisher import TelemetryPublisher
 
 LOOPBACK = "tcp://127.0.0.1:0"
 HELLO = Hello(mode="sim", tiers=[TierInfo(name="dram"), TierInfo(name="disk")])
-
-
-@pytest.fixture
-def closers() -> Iterator[list[Callable[[], None]]]:
-    fns: list[Callable[[], None]] = []
-    yield fns
-    for fn in reversed(fns):
-        fn()
 
 
 def make_pub(closers: list[Callable[[], None]], **kwargs: Any) -> TelemetryPublisher:
