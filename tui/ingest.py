@@ -19,7 +19,10 @@ from tiertop.monitor.protocol import TierMoves
 from tiertop.monitor.state import StateModel
 from tiertop.monitor.vllm_events import KvEventBatch
 
-__all__ = ["Ingest", "Source"]
+__all__ = ["ERROR_SHOWN_S", "Ingest", "Source"]
+
+#: Seconds an ingest error stays on screen once data flows again (a replaced ingest process).
+ERROR_SHOWN_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,10 @@ class Ingest:
         self.folded = 0
         #: Batches taken from the source so far.
         self.batches = 0
-        #: The last error the worker thread met (it keeps going), "" when none.
+        #: The last error the worker thread met (it keeps going), "" when none or when data
+        #: has flowed again for a while since.
         self.last_error = ""
+        self._error_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -155,12 +160,23 @@ class Ingest:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.step(timeout_ms=100)
-            except Exception as exc:  # keep the dashboard alive; show what went wrong
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("ingest step failed")
+            if not self.guarded_step():
                 self._stop.wait(0.1)
+
+    def guarded_step(self, timeout_ms: float = 100) -> bool:
+        """:meth:`step`, keeping the dashboard alive when it fails: the error is shown
+        (:attr:`last_error`) until data flows again and it has been up ``ERROR_SHOWN_S``.
+        False when it failed."""
+        try:
+            got = self.step(timeout_ms=timeout_ms)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._error_at = self.clock()
+            log.exception("ingest step failed")
+            return False
+        if got and self.last_error and self.clock() - self._error_at >= ERROR_SHOWN_S:
+            self.last_error = ""
+        return True
 
     def stop(self, close: bool = True) -> None:
         """Stop the thread (waits for the current step) and close the source."""

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from tiertop.tui.format import (
     sparkline,
 )
 from tiertop.tui.frame import EventFilter, build_status, time_label
-from tiertop.tui.ingest import Ingest
+from tiertop.tui.ingest import ERROR_SHOWN_S, Ingest
 from tiertop.tui.launcher import RuntimeExited, RuntimeProcess
 from tiertop.tui.options import load_keymap
 from tiertop.tui.palette import Palette
@@ -238,6 +239,32 @@ def test_ingest_thread_starts_stops_and_closes_the_source() -> None:
     assert ingest.folded == len(messages) and ingest.running
     ingest.stop()
     assert not ingest.running and source.closed
+
+
+class FailingOnce(FakeSource):
+    """A source whose first poll fails (an ingest process that died and is being replaced)."""
+
+    def poll(self, max_messages: int = 1000, timeout_ms: float = 0) -> list[Any]:
+        if self.polls == 0:
+            self.polls += 1
+            raise RuntimeError("the ingest process exited (code -9)")
+        return super().poll(max_messages, timeout_ms)
+
+
+def test_an_ingest_error_is_shown_until_data_flows_again_for_a_while() -> None:
+    script = Script()
+    source = FailingOnce()
+    now = [100.0]
+    ingest = Ingest(StateModel(), threading.Lock(), source, clock=lambda: now[0])
+    assert not ingest.guarded_step(timeout_ms=0)
+    assert ingest.last_error == "RuntimeError: the ingest process exited (code -9)"
+    source.push(script.hello())
+    assert ingest.guarded_step(timeout_ms=0) and ingest.folded == 1
+    assert ingest.last_error  # data again, but just now: the user still gets to read it
+    now[0] += ERROR_SHOWN_S
+    assert ingest.guarded_step(timeout_ms=0) and ingest.last_error  # nothing came: kept
+    source.push(*script.run(1))
+    assert ingest.guarded_step(timeout_ms=0) and ingest.last_error == ""
 
 
 # ---------------------------------------------------------------------------------- launcher
