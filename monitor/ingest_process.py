@@ -15,8 +15,13 @@ it shows is the same either way.
 latest curve the child sent (asked for only while the screen looks). If the child dies, ``poll``
 raises :class:`IngestProcessDied` once and the next ``poll`` starts a new child, which resyncs
 from the runtime's snapshot; counters carry on from where the old child's stopped. A child that
-loses its parent (the dashboard was killed) sees its pipe close and exits, finishing the
+loses its parent (the dashboard was killed) sees its socket close and exits, finishing the
 recording.
+
+The child resets its block residency when the runtime's epoch changes, as the state model does.
+A source without epochs whose counters go backwards (the model's other sign of a restart) is
+not detected here: its resident counts would carry the old run's blocks until they are removed.
+tiertop's runtimes always start a new epoch.
 """
 
 from __future__ import annotations
