@@ -33,20 +33,21 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import msgspec
 
 from .mrc_feed import MrcFeed, MrcReading
 from .protocol import Snapshot
 from .recorder import RecorderCounters
-from .residency import BlockResidency
+from .residency import DEFAULT_MAX_TRACKED_BLOCKS, BlockResidency
 from .security import ClientCurve
 from .subscriber import SubscriberCounters, TelemetrySubscriber
 from .vllm_events import KvEventBatch
@@ -55,12 +56,13 @@ __all__ = ["IngestProcess", "IngestProcessDied", "IngestSpec", "MrcFromChild"]
 
 #: A child that has said nothing for this long counts as stale (it reports four times a second).
 SILENT_CHILD_S: Final = 2.0
-#: How long a closing child may take to finish (the recording's last chunk included).
-CLOSE_TIMEOUT_S: Final = 15.0
+#: How long a closing child may take to say goodbye (the recording's last chunk included).
+CLOSE_TIMEOUT_S: Final = 5.0
 #: The child yields the CPU to the dashboard when both want it (a busy machine): keys first.
 INGEST_NICENESS: Final = 10
-#: Most restarts of a dying child before giving up.
+#: A child that dies this many times within RESTART_WINDOW_S is not started again.
 MAX_RESTARTS: Final = 5
+RESTART_WINDOW_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,8 @@ class _Digester:
     """Turns runs of block-event batches into digests, keeping the residency in step with the
     runtime's restarts and snapshots as the state model does."""
 
-    def __init__(self) -> None:
-        self.residency = BlockResidency()
+    def __init__(self, max_tracked_blocks: int = DEFAULT_MAX_TRACKED_BLOCKS) -> None:
+        self.residency = BlockResidency(max_tracked_blocks)
         self.epoch: int | None = None
 
     def digest(self, messages: Sequence[Any]) -> list[Any]:
@@ -117,13 +119,15 @@ class _Digester:
         run: list[KvEventBatch] = []
         for m in messages:
             if type(m) is KvEventBatch:
-                if run and int(m.ts) != int(run[0].ts):  # one digest per second of the source
+                # A digest lands at its last batch's time: one never spans two seconds of the
+                # source's clock, so its counts fall in the second (a ring bucket) they did.
+                if run and int(m.ts) != int(run[0].ts):
                     self._close_run(run, out)
                 run.append(m)
                 continue
             if run:
                 self._close_run(run, out)
-            out.append(self._watch(m))
+            out += self._watch(m)
         if run:
             self._close_run(run, out)
         return out
@@ -135,7 +139,7 @@ class _Digester:
             rest = rest[digest.batches:]
         run.clear()
 
-    def _watch(self, m: Any) -> Any:
+    def _watch(self, m: Any) -> list[Any]:
         epoch = getattr(m, "epoch", None)
         if epoch is not None:
             if self.epoch is None:
@@ -145,10 +149,12 @@ class _Digester:
                 self.residency.reset()
         if isinstance(m, Snapshot):
             self.residency.load(m.resident)
-            # The hashes stay here; the dashboard needs the counts only.
-            return msgspec.structs.replace(m, resident=[
-                msgspec.structs.replace(r, block_hashes=None) for r in m.resident])
-        return m
+            # The hashes stay here; the dashboard needs the counts only, and which of them are
+            # exact: a digest of no batches right after says so.
+            return [msgspec.structs.replace(m, resident=[
+                msgspec.structs.replace(r, block_hashes=None) for r in m.resident]),
+                self.residency.state(m.clock)]
+        return [m]
 
 
 def child_entry(fd: int) -> None:  # pragma: no cover - runs in the child
@@ -165,12 +171,7 @@ def child_entry(fd: int) -> None:  # pragma: no cover - runs in the child
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         conn.close()
         return
-    try:
-        _ChildLoop(conn, spec, subscriber, recorder).run()
-    except Exception:  # a bug: tell the dashboard what it was (no terminal to print it to)
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(("crash", traceback.format_exc()))
-        raise
+    _ChildLoop(conn, spec, subscriber, recorder).run()
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:  # pragma: no cover - child
@@ -224,6 +225,10 @@ class _ChildLoop:
                     self._send_bundle([])  # status only: the parent knows we are alive
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pass  # the dashboard is gone: finish the recording and leave
+        except Exception:  # a bug: tell the dashboard what it was (no terminal to print it to)
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(("crash", traceback.format_exc()))
+            raise
         finally:
             self.subscriber.close()
             if self.recorder is not None:
@@ -282,6 +287,10 @@ class IngestProcess:
     """A :class:`~tiertop.tui.ingest.Source` whose messages a child process received and
     digested; see the module docstring.
 
+    With ``spec.record_path``, a child that replaces a dead one records to a new part next to
+    the first file (``x.ttrec``, then ``x.part2.ttrec``...): a new recorder would otherwise
+    start the file afresh and lose what the dead child wrote. :attr:`record_parts` lists them.
+
     Args:
         spec: What the child does.
         mrc_every_s: How often the child is asked for the curve while the screen reads it.
@@ -293,11 +302,14 @@ class IngestProcess:
         self.mrc_every_s = mrc_every_s
         #: Times a dead child was replaced.
         self.restarts = 0
-        #: Why the child cannot run at all ("" while fine); set once, then ``poll`` is empty.
+        #: Why no child runs any more ("" while fine); set once, then ``poll`` only waits.
         self.fatal = ""
-        #: The traceback of the last child that failed on a bug ("" when none did).
+        #: What the last child that failed on a bug said (its traceback; "" when none did).
         self.crash = ""
+        #: The recording's files so far with their last figures (``--record``), oldest first.
+        self.record_parts: list[tuple[str, RecorderCounters | None]] = []
         self._child_crash = ""
+        self._recent_restarts: deque[float] = deque(maxlen=MAX_RESTARTS)
         self._pending: deque[Any] = deque()
         self._status: ChildStatus | None = None
         self._base = SubscriberCounters()  # what earlier children counted
@@ -306,12 +318,16 @@ class IngestProcess:
         self._closed = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._stderr: IO[bytes] | None = None
         self._start()
 
     # ------------------------------------------------------------------------------ Source
 
     def poll(self, max_messages: int = 1000, timeout_ms: float = 0) -> list[Any]:
-        if not self._pending and not self._closed and not self.fatal:
+        if not self._pending:
+            if self._closed or self.fatal:
+                time.sleep(timeout_ms / 1e3)  # nothing will come: wait as asked, never spin
+                return []
             if self._proc is None:
                 self._start()
             self._ask_for_curve()
@@ -336,10 +352,15 @@ class IngestProcess:
         status = self._status
         return status is not None and status.in_sync
 
+    @property
+    def record_path(self) -> str | None:
+        """The file being recorded now (None: not recording)."""
+        return self.record_parts[-1][0] if self.record_parts else None
+
     def recorder_counters(self) -> RecorderCounters | None:
-        """The recording's figures as the child last reported them (None: not recording)."""
-        status = self._status
-        return status.recorder if status is not None else None
+        """The current recording's figures as its child last reported them (None: not
+        recording, or not reported yet)."""
+        return self.record_parts[-1][1] if self.record_parts else None
 
     def close(self) -> None:
         """Ask the child to stop (it finishes the recording), wait for it, and reap it."""
@@ -355,16 +376,13 @@ class IngestProcess:
             while (left := deadline - time.monotonic()) > 0 and conn.poll(left):
                 message = conn.recv()  # drain: a child blocked sending must get to "stop"
                 if message[0] == "bye":
-                    self._status = message[1]
+                    self._take(message)
                     break
         except (EOFError, OSError):
             pass
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5.0)
+        _reap(proc)
         conn.close()
+        self._close_stderr()
         self._proc = None
 
     # ------------------------------------------------------------------------------ inside
@@ -372,19 +390,25 @@ class IngestProcess:
     def _start(self) -> None:
         """Start a child on one end of a socket pair. A plain subprocess, not
         ``multiprocessing``: nothing of this process (its threads, a UI's stand-in stderr) is
-        inherited or re-imported, and the child has no terminal to write to."""
+        inherited or re-imported. Its stderr goes to a file, read if it dies unexplained."""
+        spec = self.spec
+        if spec.record_path is not None:
+            path = _part_path(spec.record_path, len(self.record_parts) + 1)
+            self.record_parts.append((path, None))
+            spec = dataclasses.replace(spec, record_path=path)
         mine, theirs = socket.socketpair()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - as long as the child lives
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", "from tiertop.monitor.ingest_process import child_entry; "
                  f"child_entry({theirs.fileno()})"],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=self._stderr, start_new_session=True,
             )
         finally:
             theirs.close()
         conn = Connection(mine.detach())
-        conn.send(self.spec)
+        conn.send(spec)
         self._conn, self._proc = conn, proc
         self._child_crash = ""
         self._heard_at = time.monotonic()
@@ -416,8 +440,9 @@ class IngestProcess:
         self._heard_at = time.monotonic()
         if kind == "data":
             self._pending.extend(message[1])
-            self._status = message[2]
-            self.mrc.stats_seen = message[2].mrc
+            self._take_status(message[2])
+        elif kind == "bye":
+            self._take_status(message[1])
         elif kind == "mrc":
             self.mrc.latest = message[1]
         elif kind == "fatal":
@@ -425,6 +450,12 @@ class IngestProcess:
             raise IngestProcessDied(f"cannot receive telemetry: {self.fatal}")
         elif kind == "crash":
             self.crash = self._child_crash = message[1]
+
+    def _take_status(self, status: ChildStatus) -> None:
+        self._status = status
+        self.mrc.stats_seen = status.mrc
+        if self.record_parts:
+            self.record_parts[-1] = (self.record_parts[-1][0], status.recorder)
 
     def _child_died(self) -> None:
         proc, conn = self._proc, self._conn
@@ -436,17 +467,60 @@ class IngestProcess:
         if conn is not None:
             conn.close()
         self._proc, self._conn = None, None
+        why = _last_line(self._child_crash) or self._stderr_tail() or f"code {code}"
+        self._close_stderr()
         if self._status is not None:  # the next child counts from zero
             self._base = _add(self._base, self._status.counters)
             self._status = None
-        if self.restarts >= MAX_RESTARTS:
-            self.fatal = f"the ingest process died {self.restarts + 1} times (last code {code})"
+        now = time.monotonic()
+        recent = self._recent_restarts
+        if len(recent) == recent.maxlen and now - recent[0] < RESTART_WINDOW_S:
+            self.fatal = (f"the ingest process died {len(recent) + 1} times within "
+                          f"{RESTART_WINDOW_S:g} s (last: {why})")
             raise IngestProcessDied(self.fatal)
+        recent.append(now)
         self.restarts += 1
-        crash = self._child_crash.strip()
-        why = crash.splitlines()[-1] if crash else f"code {code}"
-        raise IngestProcessDied(f"the ingest process exited ({why}); starting a new one "
-                                f"(restart {self.restarts} of {MAX_RESTARTS})")
+        raise IngestProcessDied(f"the ingest process exited ({why}); started a new one "
+                                f"(restart {self.restarts})")
+
+    def _stderr_tail(self) -> str:
+        err = self._stderr
+        if err is None:
+            return ""
+        with contextlib.suppress(OSError):
+            err.seek(max(0, err.seek(0, os.SEEK_END) - 4096))
+            return _last_line(err.read().decode("utf-8", "replace"))
+        return ""
+
+    def _close_stderr(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a child told to stop; then SIGTERM (it finishes the recording); then kill."""
+    for step in (None, proc.terminate, proc.kill):
+        if step is not None:
+            step()
+        try:
+            proc.wait(3.0)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _part_path(path: str, part: int) -> str:
+    """``x.ttrec`` for the first part, ``x.part2.ttrec`` for the second..."""
+    if part == 1:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.part{part}{ext}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
 
 
 def _add(a: SubscriberCounters, b: SubscriberCounters) -> SubscriberCounters:

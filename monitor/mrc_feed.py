@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -36,13 +37,15 @@ from .mrc import DEFAULT_MAX_KEYS, MissRatioCurve, MrcTracker, TierCapacity
 from .mrc_view import MrcView, build_view
 from .vllm_events import KvEventBatch
 
-__all__ = ["DEFAULT_BUDGET_PER_S", "DEFAULT_CPU_LIMIT", "MIN_SAMPLED", "FeedChange", "MrcFeed",
-           "MrcReading", "MrcSource"]
+__all__ = ["DEFAULT_BUDGET_PER_S", "DEFAULT_CPU_LIMIT", "MAX_CHANGES", "MIN_SAMPLED",
+           "FeedChange", "MrcFeed", "MrcReading", "MrcSource"]
 
 #: Sampled accesses a second the feed aims to stay under (a few microseconds each).
 DEFAULT_BUDGET_PER_S: Final = 2000.0
 #: Over budget by this factor (over at least ``min_window_s``) before the curve restarts.
 OVERSHOOT: Final = 2.0
+#: Restarts and pauses remembered.
+MAX_CHANGES: Final = 64
 #: Share of one core the curve may take before it pauses.
 DEFAULT_CPU_LIMIT: Final = 0.05
 #: Sampled accesses before the curve is more than a rough sketch.
@@ -130,8 +133,9 @@ class MrcFeed:
         self.tracker = MrcTracker(MissRatioCurve(rate=1.0, max_keys=max_keys))
         #: Whether block events are only counted for now (see the module docstring).
         self.paused = False
-        #: Every restart and pause, oldest first.
-        self.changes: list[FeedChange] = []
+        #: The latest restarts and pauses, oldest first (a bounded history: it is sent to the
+        #: dashboard with every status).
+        self.changes: deque[FeedChange] = deque(maxlen=MAX_CHANGES)
         self._cpu_per_event = 0.0  # measured when it paused
         #: Block events seen (folded or, paused, counted), folds that had some, and the CPU
         #: seconds spent, all told.

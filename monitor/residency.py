@@ -101,6 +101,14 @@ class BlockResidency:
         table = self._tables.get(tier)
         return len(table) if table is not None else self._estimates.get(tier, 0)
 
+    def state(self, ts: float) -> BlockDigest:
+        """A digest of no batches that carries every known tier's count and exactness (after a
+        snapshot, for a reader that folds digests and never saw the hashes)."""
+        names = [*self._tables, *self._estimates]
+        return BlockDigest(ts=ts, batches=0, events=0,
+                           resident={name: self.blocks(name) for name in names},
+                           untracked=list(self._estimates))
+
     def tracked(self, tier: str) -> bool:
         """Whether :meth:`blocks` of ``tier`` is exact (a tier not seen yet is: it holds none)."""
         return tier not in self._estimates

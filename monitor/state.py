@@ -579,7 +579,8 @@ class StateModel:
             name, count = _KV_BATCH, message.batches
         else:
             name, count = cls.__name__, 1
-        self.messages[name] = self.messages.get(name, 0) + count
+        if count:  # a digest of no batches (a snapshot's counts) is no message of its own
+            self.messages[name] = self.messages.get(name, 0) + count
         handler = self._handlers.get(cls)
         if handler is None:
             return
@@ -821,10 +822,10 @@ class StateModel:
         untracked = digest.untracked
         for tier in tiers.values():
             tier.blocks_exact = tier.name not in untracked
-        n = digest.events
-        if not n:
+        events = digest.events
+        if not events:
             return
-        self._service_ring.add_at(t, _S_BLOCK_EVENTS, float(n))
+        self._service_ring.add_at(t, _S_BLOCK_EVENTS, float(events))
         touched = tiers.keys() if digest.cleared else digest.resident.keys()
         if not touched:
             return

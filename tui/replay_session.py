@@ -149,7 +149,7 @@ class ReplaySession(Session):
             self._feed_curve()
         self.source = ReplaySource(replayer, self.lock, play=not paused,
                                    on_fold=self._feed_curve)
-        self.attach_source(self.source)
+        self.attach_source(self.source, mrc=self.feed)  # the feed is fed as it folds
         self.warnings = [f"{os.path.basename(path)}: {issue}"
                          for issue in replayer.recording.issues + replayer.issues]
 

@@ -23,7 +23,6 @@ from tiertop.monitor.control_client import ControlClient
 from tiertop.monitor.ingest_process import IngestProcess, IngestSpec
 from tiertop.monitor.mrc_feed import MrcFeed, MrcSource
 from tiertop.monitor.protocol import CAP_READ_ONLY, TOPIC_HELLO, Hello
-from tiertop.monitor.recorder import RecorderCounters
 from tiertop.monitor.security import ClientCurve
 from tiertop.monitor.state import StateModel
 from tiertop.monitor.subscriber import TelemetrySubscriber
@@ -86,6 +85,8 @@ class Session:
         self.error = ""
         #: Shown as warnings when the dashboard opens (e.g. what is damaged in a recording).
         self.warnings: list[str] = []
+        #: The live connection's ingest process (None: not connected, or not live).
+        self.live: IngestProcess | None = None
         #: Where this session records what it folds (``--record``; see :meth:`record_to`).
         self.record_path: str | None = None
         self.record_meta: dict[str, Any] = {}
@@ -148,24 +149,29 @@ class Session:
         """What the status line says about a recording (None: this session writes none)."""
         if self.record_path is None:
             return None
-        counters = self._record_counters()
-        if counters is None:  # not connected yet
+        live = self.live
+        if live is None:  # not connected yet
             return RecordStatus(self.record_path, 0)
-        return RecordStatus(self.record_path, counters.file_bytes, counters.error)
+        path = live.record_path or self.record_path
+        counters = live.recorder_counters()
+        if counters is None:
+            return RecordStatus(path, 0, live.fatal)
+        return RecordStatus(path, counters.file_bytes, counters.error or live.fatal)
 
     def record_summary(self) -> str | None:
-        """One line on what was recorded (None: this session records nothing)."""
+        """What was recorded, one line per file (None: this session records nothing)."""
         if self.record_path is None:
             return None
-        counters = self._record_counters()
-        if counters is None:
+        live = self.live
+        if live is None:
             return f"nothing recorded to {self.record_path}: the dashboard never connected"
-        return counters.summary_line(self.record_path)
-
-    def _record_counters(self) -> RecorderCounters | None:
-        source = self.ingest.source if self.ingest is not None else None
-        recorder_counters = getattr(source, "recorder_counters", None)
-        return recorder_counters() if recorder_counters is not None else None
+        lines = [counters.summary_line(path) if counters is not None
+                 else f"nothing recorded to {path}: {live.fatal or 'the recorder never started'}"
+                 for path, counters in live.record_parts]
+        if len(lines) > 1:
+            lines.append(f"the ingest process was replaced {live.restarts} times: the "
+                         f"recording is in {len(lines)} files (replay them in order)")
+        return "\n".join(lines)
 
     def controls_disabled(self) -> str:
         """Why controls are off ("" when they are on)."""
@@ -229,6 +235,7 @@ def connect_live(
         endpoints.telemetry, replay, curve=curve, record_path=session.record_path,
         record_meta=session.record_meta,
     ))
+    session.live = source
     session.on_close(source.close)  # at once when the user quit while we connected
     if control is not None:
         session.controller.address = control

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from tiertop.monitor.mrc_feed import FeedChange, MrcFeed, MrcReading, MrcSource
+from tiertop.monitor.mrc_feed import MAX_CHANGES, FeedChange, MrcFeed, MrcReading, MrcSource
 from tiertop.monitor.vllm_events import BlockStored, KvEventBatch
 
 from tests.tui.fakes import Script
@@ -102,7 +102,7 @@ def test_a_light_stream_keeps_sampling_every_block() -> None:
     for i in range(40):  # 100 accesses every 100 ms for 4 s
         now[0] += 0.1
         feed.fold([stored(range(100), seq=i)])
-    assert feed.changes == [] and feed.tracker.curve.rate == 1.0
+    assert not feed.changes and feed.tracker.curve.rate == 1.0
     assert feed.tracker.curve.sampled == 4000
 
 
@@ -113,7 +113,7 @@ def test_without_a_budget_the_rate_stays() -> None:
     for i in range(10):
         now[0] += 0.05
         feed.fold([stored(range(i * 1000, i * 1000 + 1000), seq=i)])
-    assert feed.changes == [] and feed.tracker.curve.sampled == 10_000
+    assert not feed.changes and feed.tracker.curve.sampled == 10_000
 
 
 def test_a_stream_too_costly_to_follow_pauses_the_curve_until_it_calms_down() -> None:
@@ -210,3 +210,12 @@ def test_the_feed_runs_without_the_dashboard() -> None:
             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual' "
             "or m.startswith('tiertop.tui')); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_history_of_changes_is_bounded() -> None:
+    """It goes to the dashboard with every status: it must not grow for ever."""
+    feed = MrcFeed(threading.Lock(), clock=lambda: 0.0)
+    for i in range(MAX_CHANGES + 10):
+        feed.changes.append(FeedChange(float(i), "rate", 0.5, "test"))
+    assert len(feed.stats()["changes"]) == MAX_CHANGES
+    assert feed.changes[0].at == 10.0

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiertop.monitor.ingest_process import _Digester
 from tiertop.monitor.protocol import (
     Heartbeat,
     Hello,
@@ -243,32 +244,6 @@ def _visible(model: StateModel) -> dict[str, Any]:
             "events_per_s": model.service_window(WIDE_S)["block_events_per_s"]}
 
 
-class _DigestingReader:
-    """What a dashboard fed by an ingest process folds: block events as digests of runs, the
-    hashes kept on the digesting side (snapshots reach the model without them)."""
-
-    def __init__(self, cap: int) -> None:
-        self.residency = BlockResidency(cap)
-        self.model = StateModel(max_tracked_blocks=cap)
-        self.epoch: int | None = None
-
-    def fold_run(self, run: list[KvEventBatch]) -> None:
-        while (digest := self.residency.fold(run)) is not None:  # a clear ends a digest
-            self.model.fold(digest)
-            run = run[digest.batches:]
-
-    def fold_other(self, message: Any, strip: bool) -> None:
-        if self.epoch is not None and message.epoch != self.epoch:
-            self.residency.reset()
-        self.epoch = message.epoch
-        if isinstance(message, Snapshot):
-            self.residency.load(message.resident)
-            if strip:
-                message = msgspec.structs.replace(message, resident=[
-                    msgspec.structs.replace(r, block_hashes=None) for r in message.resident])
-        self.model.fold(message)
-
-
 @settings(max_examples=150, deadline=None)
 @given(steps=st.lists(_step, max_size=30), cuts=st.lists(st.integers(1, 4), min_size=30,
                                                           max_size=30),
@@ -276,54 +251,44 @@ class _DigestingReader:
 def test_digests_of_any_runs_show_what_the_batches_show(
     steps: list[tuple[str, Any]], cuts: list[int], cap: int
 ) -> None:
+    """The ingest process's digester, handed the stream in bundles of any size, against the
+    state model folding it message by message."""
     stream = _messages(steps)
     direct = StateModel(max_tracked_blocks=cap)
-    reader = _DigestingReader(cap)
-    for model in (direct, reader.model):  # the same start: a Hello and a first tick at 0 s
-        model.fold_many([hello(1, 0.0), TierStats(epoch=1, clock=0.0, tick=0)])
-    reader.epoch = 1
+    digester = _Digester(max_tracked_blocks=cap)
+    reader = StateModel(max_tracked_blocks=cap)
+    start = [hello(1, 0.0), TierStats(epoch=1, clock=0.0, tick=0)]
+    direct.fold_many(start)
+    reader.fold_many(digester.digest(start))
     i = 0
     while i < len(stream):
-        message = stream[i]
-        if isinstance(message, KvEventBatch):
-            run: list[KvEventBatch] = []
-            for m in stream[i : i + cuts[i % len(cuts)]]:  # consecutive batches, up to the cut
-                if not isinstance(m, KvEventBatch):
-                    break
-                run.append(m)
-            direct.fold_many(run)
-            reader.fold_run(run)
-            i += len(run)
-            # Right after a digest the model knows which counts are exact.
-            assert [direct.tier_view(n)["blocks_exact"] for n in direct.tier_names()] == [
-                reader.model.tier_view(n)["blocks_exact"] for n in reader.model.tier_names()]
-        else:
-            direct.fold(message)
-            reader.fold_other(message, strip=True)
-            i += 1
+        bundle = stream[i : i + cuts[i % len(cuts)]]
+        direct.fold_many(bundle)
+        reader.fold_many(digester.digest(bundle))
+        i += len(bundle)
+        # After every bundle the model knows which counts are exact.
+        assert [direct.tier_view(n)["blocks_exact"] for n in direct.tier_names()] == [
+            reader.tier_view(n)["blocks_exact"] for n in reader.tier_names()]
         # A tick right after what was folded ends both windows at the same time.
-        tick = TierStats(epoch=reader.epoch or 1, clock=_clock(i - 1) + 0.1, tick=i)
+        tick = TierStats(epoch=direct.epoch or 1, clock=_clock(i - 1) + 0.1, tick=i)
         direct.fold(tick)
-        reader.fold_other(tick, strip=True)
-        assert _visible(reader.model) == _visible(direct)
+        reader.fold_many(digester.digest([tick]))
+        assert _visible(reader) == _visible(direct)
 
 
 @settings(max_examples=60, deadline=None)
 @given(steps=st.lists(_step, max_size=25), cap=st.sampled_from([3, 1000]))
-def test_digests_of_single_batches_fold_to_the_same_snapshot(
+def test_digests_of_single_messages_fold_to_the_same_snapshot(
     steps: list[tuple[str, Any]], cap: int
 ) -> None:
     direct = StateModel(max_tracked_blocks=cap)
-    reader = _DigestingReader(cap)
-    for model in (direct, reader.model):
-        model.fold(hello(1, 0.0))
-    reader.epoch = 1
+    digester = _Digester(max_tracked_blocks=cap)
+    reader = StateModel(max_tracked_blocks=cap)
+    direct.fold(hello(1, 0.0))
+    reader.fold_many(digester.digest([hello(1, 0.0)]))
     for message in _messages(steps):
         direct.fold(message)
-        if isinstance(message, KvEventBatch):
-            reader.fold_run([message])
-        else:
-            reader.fold_other(message, strip=False)
-    mine, theirs = direct.snapshot(), reader.model.snapshot()
+        reader.fold_many(digester.digest([message]))
+    mine, theirs = direct.snapshot(), reader.snapshot()
     for key in ("source", "service", "tiers", "events", "series"):
         assert mine[key] == theirs[key], key
