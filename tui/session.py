@@ -165,12 +165,21 @@ class Session:
         live = self.live
         if live is None:
             return f"nothing recorded to {self.record_path}: the dashboard never connected"
-        lines = [counters.summary_line(path) if counters is not None
-                 else f"nothing recorded to {path}: {live.fatal or 'the recorder never started'}"
-                 for path, counters in live.record_parts]
-        if len(lines) > 1:
-            lines.append(f"the ingest process was replaced {live.restarts} times: the "
-                         f"recording is in {len(lines)} files (replay them in order)")
+        parts = live.record_parts
+        lines = []
+        for i, (path, counters) in enumerate(parts):
+            if counters is None:
+                lines.append(f"nothing recorded to {path}: "
+                             f"{live.fatal or 'the recorder never started'}")
+                continue
+            line = counters.summary_line(path)
+            if i < len(parts) - 1:  # its ingest process died: the open chunk went with it
+                line += "; up to its last complete chunk (its ingest process died)"
+            lines.append(line)
+        if len(parts) > 1:
+            times = "once" if live.restarts == 1 else f"{live.restarts} times"
+            lines.append(f"the ingest process was replaced {times}: the recording is in "
+                         f"{len(parts)} files (replay them in order)")
         return "\n".join(lines)
 
     def controls_disabled(self) -> str:

@@ -364,3 +364,34 @@ def test_demo_starts_small_tiers_or_the_rack_simulator_on_free_ports() -> None:
         for flag in ("--publish", "--control", "--replay"):
             assert args[args.index(flag) + 1] == "tcp://127.0.0.1:0"
     assert "sim" in SUBCOMMANDS and "demo" in SUBCOMMANDS and "dash" in SUBCOMMANDS
+
+
+def test_the_record_summary_names_every_part_and_what_a_dead_child_may_have_lost() -> None:
+    from types import SimpleNamespace
+
+    from tiertop.monitor.recorder import RecorderCounters
+    from tiertop.monitor.recording import WriterStats
+
+    def counters(records: int) -> RecorderCounters:
+        return RecorderCounters(received=records, queue_dropped=0, uncaptured=0,
+                                writer=WriterStats(records=records, file_bytes=100 * records),
+                                subscriber=None, error="")
+
+    session = Session()
+    assert session.record_summary() is None and session.tape() is None
+    session.record_to("/r/x.ttrec")
+    assert session.record_summary() == (
+        "nothing recorded to /r/x.ttrec: the dashboard never connected")
+    session.live = SimpleNamespace(  # type: ignore[assignment]
+        record_parts=[("/r/x.ttrec", counters(5)), ("/r/x.part2.ttrec", counters(7))],
+        restarts=1, fatal="", record_path="/r/x.part2.ttrec",
+        recorder_counters=lambda: counters(7))
+    lines = (session.record_summary() or "").splitlines()
+    assert lines == [
+        "recorded 5 messages to /r/x.ttrec (500 bytes, 0 keyframes); up to its last complete "
+        "chunk (its ingest process died)",
+        "recorded 7 messages to /r/x.part2.ttrec (700 bytes, 0 keyframes)",
+        "the ingest process was replaced once: the recording is in 2 files (replay them in order)",
+    ]
+    tape = session.tape()
+    assert tape is not None and (tape.path, tape.file_bytes) == ("/r/x.part2.ttrec", 700)
