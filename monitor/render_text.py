@@ -9,6 +9,7 @@ text and JSON modes always show the same numbers.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Final
 
 from .state import StateModel
@@ -17,6 +18,7 @@ __all__ = [
     "TIER_FIELDS",
     "fmt_bytes",
     "fmt_duration",
+    "fmt_name_span",
     "fmt_rate",
     "render_table",
     "watch_record",
@@ -193,6 +195,11 @@ def fmt_duration(seconds: Any) -> str:
     return f"{s:.2f}s"
 
 
+def fmt_name_span(names: Sequence[str]) -> str:
+    """``a``, ``a, b`` or ``first … last``: enough to recognise 160 rack pools by."""
+    return ", ".join(names) if len(names) <= 2 else f"{names[0]} … {names[-1]}"
+
+
 def fmt_rate(x: Any) -> str:
     """A per-second figure with a magnitude suffix (``12.5``, ``3.4k``, ``1.2M``)."""
     if not _finite(x):
@@ -306,6 +313,6 @@ def render_table(record: dict[str, Any], address: str = "") -> str:
         )
     other = record.get("other_tiers") or []
     if other:
-        names = ", ".join(other) if len(other) <= 3 else f"{other[0]} … {other[-1]}"
-        lines.append(f"+{len(other)} tiers known only from fault events ({names})")
+        lines.append(f"+{len(other)} tiers known only from fault events "
+                     f"({fmt_name_span(other)})")
     return "\n".join(lines)

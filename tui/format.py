@@ -14,13 +14,14 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from tiertop.monitor.render_text import fmt_bytes, fmt_duration, fmt_rate
+from tiertop.monitor.render_text import fmt_bytes, fmt_duration, fmt_name_span, fmt_rate
 
 __all__ = [
     "SPARK_CHARS",
     "compact",
     "fmt_bytes",
     "fmt_duration",
+    "fmt_name_span",
     "fmt_pct",
     "fmt_rate",
     "occupancy_cells",

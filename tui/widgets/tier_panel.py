@@ -10,6 +10,7 @@ from textual.message import Message
 from ..format import (
     fmt_bytes,
     fmt_duration,
+    fmt_name_span,
     fmt_pct,
     fmt_rate,
     occupancy_cells,
@@ -35,18 +36,13 @@ def health_label(t: TierFrame) -> str:
     return label
 
 
-def _name_span(names: tuple[str, ...]) -> str:
-    """``a``, ``a, b`` or ``first … last``: enough to recognise 160 rack pools by."""
-    return ", ".join(names) if len(names) <= 2 else f"{names[0]} … {names[-1]}"
-
-
 def hidden_tiers_text(h: HiddenTiers, p: Palette) -> Text:
     """``+160 tiers known only from fault events (pool@0 … pool@159) · ⚠ 3 degraded ·
     see the event log``: how many, which, the worst state of each, in words and symbols."""
     n = len(h.names)
     out = Text(no_wrap=True, overflow="ellipsis")
     out.append(f"+{n} tier{'s' if n != 1 else ''}", style="bold")
-    out.append(f" known only from fault events ({_name_span(h.names)})", style=p.muted)
+    out.append(f" known only from fault events ({fmt_name_span(h.names)})", style=p.muted)
     down, degraded = SEVERITY_SYMBOLS["down"].split(), SEVERITY_SYMBOLS["degraded"].split()
     for count, (symbol, word), style in ((h.down, down, p.bad), (h.degraded, degraded, p.warn),
                                          (h.faulted, ("⚡", "with faults"), p.warn)):
