@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from tiertop.monitor.framing import MessageCodec
+from tiertop.monitor.framing import Decoded, MessageCodec
 from tiertop.monitor.protocol import (
     TOPIC_KV,
     TOPIC_OF,
@@ -27,7 +27,8 @@ from tiertop.monitor.protocol import (
     TierStats,
     Topology,
 )
-from tiertop.monitor.vllm_events import BlockRemoved, BlockStored, encode_batch
+from tiertop.monitor.vllm_events import BlockRemoved, BlockStored, KvEventBatch, encode_batch
+from tiertop.runtime.publisher import TelemetryPublisher
 from tiertop.tiers.stats import N_BUCKETS
 
 TIERS = ("dram", "remote", "disk")
@@ -153,3 +154,15 @@ def cycle(frames: list[Frame]) -> Iterator[tuple[int, Frame]]:
     while True:
         yield i, frames[i % len(frames)]
         i += 1
+
+
+def republish(pub: TelemetryPublisher, clock: list[float], message: Decoded) -> None:
+    """Send a decoded recorded message again through a real publisher whose clock is
+    ``clock[0]``, at the message's own time."""
+    if isinstance(message, KvEventBatch):
+        clock[0] = message.ts
+        pub.kv_events(list(message.events), message.ts)
+    else:
+        assert isinstance(message, TelemetryMessage)
+        clock[0] = message.clock
+        pub.publish(message)

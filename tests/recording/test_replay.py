@@ -9,15 +9,14 @@ from typing import Any
 
 import pytest
 from tiertop.monitor.framing import FrameDecoder
-from tiertop.monitor.protocol import ControlChange, Snapshot, TelemetryMessage, TierStats
+from tiertop.monitor.protocol import ControlChange, Snapshot, TierStats
 from tiertop.monitor.recorder import Recorder, RecordingSubscriber
 from tiertop.monitor.recording import Recording, RecordingWriter
 from tiertop.monitor.replay import MAX_SPEED, MIN_SPEED, Replayer
 from tiertop.monitor.state import StateModel
-from tiertop.monitor.vllm_events import KvEventBatch
 from tiertop.runtime.publisher import TelemetryPublisher
 
-from tests.recording.streams import hello, session
+from tests.recording.streams import hello, republish, session
 
 
 def state(model: StateModel) -> dict[str, Any]:
@@ -57,13 +56,8 @@ def test_replay_equals_live_through_a_real_publisher_and_subscriber(tmp_path: Pa
         frames = session(20.0)[1:]  # the publisher sends its own Hello
         for k, (_, topic, seq, payload) in enumerate(frames):
             message = decoder.decode(topic, seq, payload)
-            if isinstance(message, KvEventBatch):
-                vclock[0] = message.ts
-                pub.kv_events(list(message.events), message.ts)
-            else:
-                assert isinstance(message, TelemetryMessage)
-                vclock[0] = message.clock
-                pub.publish(message)
+            assert message is not None
+            republish(pub, vclock, message)
             if k % 40 == 0:
                 pump(5)
         assert pub.flush(timeout_s=5.0)

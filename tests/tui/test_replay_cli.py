@@ -13,18 +13,16 @@ from typing import Any
 import pytest
 from tiertop.main import build_parser, main
 from tiertop.monitor.framing import FrameDecoder
-from tiertop.monitor.protocol import TelemetryMessage
 from tiertop.monitor.recording import Recording, RecordingWriter
 from tiertop.monitor.replay import Replayer
 from tiertop.monitor.state import StateModel
-from tiertop.monitor.vllm_events import KvEventBatch
 from tiertop.runtime.publisher import TelemetryPublisher
 from tiertop.tui import dash_cli
 from tiertop.tui.app import DashboardApp
 from tiertop.tui.replay_record import start_session_recording
 from tiertop.tui.replay_status import fmt_position, parse_position
 
-from tests.recording.streams import hello
+from tests.recording.streams import hello, republish
 from tests.recording.streams import session as stream
 
 from .helpers import SIZE, until
@@ -85,13 +83,8 @@ async def test_dash_record_writes_what_the_dashboard_folds(tmp_path: Path) -> No
             decoder = FrameDecoder()
             for _, topic, seq, payload in stream(10.0)[1:]:  # the publisher has its Hello
                 message = decoder.decode(topic, seq, payload)
-                if isinstance(message, KvEventBatch):
-                    vclock[0] = message.ts
-                    pub.kv_events(list(message.events), message.ts)
-                else:
-                    assert isinstance(message, TelemetryMessage)
-                    vclock[0] = message.clock
-                    pub.publish(message)
+                assert message is not None
+                republish(pub, vclock, message)
             assert pub.flush(timeout_s=5.0)
             await until(pilot, lambda: session.model.messages.get("TierStats", 0) == 40,
                         timeout=10)
