@@ -194,6 +194,9 @@ def _open(spec: IngestSpec) -> tuple[TelemetrySubscriber, Any]:
 
 
 class _ChildLoop:
+    """The child's work: poll the subscriber, bundle what came for ``flush_s``, digest it and
+    send it on; answer the parent's requests between polls."""
+
     def __init__(self, conn: Connection, spec: IngestSpec, subscriber: TelemetrySubscriber,
                  recorder: Any) -> None:
         self.conn = conn
@@ -202,7 +205,6 @@ class _ChildLoop:
         self.recorder = recorder
         self.digester = _Digester()
         self.feed = MrcFeed(cpu_limit=spec.mrc_cpu_limit)
-        self.mrc_wanted = False
         self.last_sent = 0.0
 
     def run(self) -> None:
@@ -250,8 +252,7 @@ class _ChildLoop:
     def _send_bundle(self, messages: list[Any]) -> None:
         if messages:
             self.feed.fold(messages)
-        items = self.digester.digest(messages) if messages else []
-        self.conn.send(("data", items, self._status()))
+        self.conn.send(("data", self.digester.digest(messages), self._status()))
         self.last_sent = time.monotonic()
 
     def _status(self) -> ChildStatus:
@@ -370,7 +371,7 @@ class IngestProcess:
         proc, conn = self._proc, self._conn
         if proc is None or conn is None:
             return
-        try:
+        with contextlib.suppress(EOFError, OSError):  # a child already gone is reaped below
             conn.send("stop")
             deadline = time.monotonic() + CLOSE_TIMEOUT_S
             while (left := deadline - time.monotonic()) > 0 and conn.poll(left):
@@ -378,8 +379,6 @@ class IngestProcess:
                 if message[0] == "bye":
                     self._take(message)
                     break
-        except (EOFError, OSError):
-            pass
         _reap(proc)
         conn.close()
         self._close_stderr()

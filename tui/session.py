@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import zmq
 from tiertop.monitor.control_client import ControlClient
 from tiertop.monitor.ingest_process import IngestProcess, IngestSpec
 from tiertop.monitor.mrc_feed import MrcFeed, MrcSource
@@ -202,13 +201,13 @@ def _fix_host(address: str, reference: str) -> str:
 
 
 def probe_hello(
-    telemetry: str, context: zmq.Context[Any], timeout_s: float = 3.0
+    telemetry: str, timeout_s: float = 3.0, curve: ClientCurve | None = None
 ) -> Hello | None:
     """Subscribe to ``tt.hello`` only and wait for the runtime's Hello (sent to every new
     subscriber)."""
     probe = TelemetrySubscriber(
-        telemetry, None, topics=(TOPIC_HELLO,), context=context, resync=False,
-        reconnect_after_s=None,
+        telemetry, None, topics=(TOPIC_HELLO,), resync=False, reconnect_after_s=None,
+        curve=curve,
     )
     try:
         deadline = time.monotonic() + timeout_s
@@ -234,7 +233,7 @@ def connect_live(
     replay, control = endpoints.replay, endpoints.control
     if replay is None or control is None:
         session.note = f"waiting for the runtime's hello on {endpoints.telemetry}…"
-        hello = _probe_with(endpoints.telemetry, curve, hello_timeout_s)
+        hello = probe_hello(endpoints.telemetry, hello_timeout_s, curve)
         if hello is not None:
             if replay is None and hello.addresses.get("replay"):
                 replay = _fix_host(hello.addresses["replay"], endpoints.telemetry)
@@ -257,15 +256,3 @@ def connect_live(
     if not session.closed:
         session.attach_source(source, mrc=source.mrc)
     return source
-
-
-def _probe_with(telemetry: str, curve: ClientCurve | None, timeout_s: float) -> Hello | None:
-    context: zmq.Context[Any] = zmq.Context(io_threads=1)
-    try:
-        if curve is not None:
-            context.setsockopt(zmq.CURVE_SERVERKEY, curve.server_public_key)
-            context.setsockopt(zmq.CURVE_PUBLICKEY, curve.keys.public_key)
-            context.setsockopt(zmq.CURVE_SECRETKEY, curve.keys.secret_key)
-        return probe_hello(telemetry, context, timeout_s)
-    finally:
-        context.term()
